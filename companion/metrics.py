@@ -1,0 +1,411 @@
+"""Measuring models: parameters, zeros, bytes, FLOPs and latency.
+
+These are the columns of every results table in the book. Two rules keep the
+numbers honest:
+
+* zeros are counted where they really are: for a layer pruned with
+  ``torch.nn.utils.prune`` the *effective* weight ``weight_orig * weight_mask``
+  is what counts, not the stored ``weight_orig``;
+* cost is measured, not inferred: FLOPs come from PyTorch's own
+  ``FlopCounterMode`` (which multiplies zeros like any other number, exactly as
+  a dense kernel does) and latency from ``torch.utils.benchmark``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from .utils import check_positive_int
+
+__all__ = [
+    "PRUNABLE_TYPES",
+    "prunable_layers",
+    "effective_weights",
+    "count_parameters",
+    "count_nonzero",
+    "sparsity",
+    "layer_sparsity",
+    "model_bytes",
+    "compressed_bytes",
+    "flops",
+    "latency",
+    "Table",
+    "compare_models",
+]
+
+#: Layer types whose ``weight`` the book prunes.
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _quiet_import(module: str):
+    """Import a torch utility without its "No CUDA runtime is found" log line.
+
+    ``torch.utils.benchmark`` and ``flop_counter`` import ``cpp_extension``,
+    which logs that warning on CPU-only machines with a CUDA build of PyTorch;
+    it is noise for the book's readers. The logger's level is restored.
+    """
+    import importlib
+
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return importlib.import_module(module)
+    finally:
+        logger.setLevel(previous)
+
+
+def _check_model(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Linear and convolutional sub-modules of ``model`` by qualified name.
+
+    Args:
+        model: Any module.
+
+    Returns:
+        An ordered ``{name: module}`` dict (definition order).
+
+    Example:
+        >>> from companion.models import MLP
+        >>> list(prunable_layers(MLP((4, 3, 2))))
+        ['fc1', 'fc2']
+    """
+    _check_model(model)
+    return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+
+
+def effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weight each prunable layer actually uses, masks applied.
+
+    For a layer re-parametrised by ``torch.nn.utils.prune`` this is
+    ``weight_orig * weight_mask`` (the ``weight`` attribute); for a plain layer
+    it is ``weight``.
+
+    Args:
+        model: Any module.
+
+    Returns:
+        ``{"<layer>.weight": tensor}`` for every prunable layer.
+    """
+    return {f"{name}.weight": m.weight.detach() for name, m in prunable_layers(model).items()}
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable values the model holds (masks are buffers, not counted).
+
+    A pruned-but-not-shrunk model has as many parameters as the dense one;
+    use :func:`count_nonzero` for the weights that survive.
+
+    Example:
+        >>> count_parameters(nn.Linear(3, 2))
+        8
+    """
+    _check_model(model)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _effective_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """Every parameter as the forward pass sees it (masked where masked)."""
+    tensors = []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if name.endswith("_orig") and hasattr(module, name[: -len("_orig")]):
+                tensors.append(getattr(module, name[: -len("_orig")]).detach())
+            else:
+                tensors.append(param.detach())
+    return tensors
+
+
+def count_nonzero(model: nn.Module) -> int:
+    """Number of parameter values that are not exactly zero, masks applied.
+
+    Example:
+        >>> layer = nn.Linear(2, 2)
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.zero_()
+        >>> count_nonzero(layer) == int((layer.bias != 0).sum())
+        True
+    """
+    _check_model(model)
+    return sum(int(torch.count_nonzero(t)) for t in _effective_tensors(model))
+
+
+def layer_sparsity(model: nn.Module) -> dict[str, float]:
+    """Fraction of exactly-zero weights in each prunable layer (biases excluded).
+
+    Returns:
+        ``{"<layer>.weight": fraction in [0, 1]}``.
+
+    Raises:
+        ValueError: If the model has no Linear or Conv layer.
+    """
+    weights = effective_weights(model)
+    if not weights:
+        raise ValueError("model has no prunable (Linear or Conv) layers")
+    return {name: 1.0 - int(torch.count_nonzero(w)) / w.numel() for name, w in weights.items()}
+
+
+def sparsity(model: nn.Module) -> float:
+    """Fraction of exactly-zero weights over all prunable layers (biases excluded).
+
+    This is the number pruning papers call "sparsity"; one minus it is the
+    fraction of weights kept.
+
+    Raises:
+        ValueError: If the model has no Linear or Conv layer.
+
+    Example:
+        >>> layer = nn.Linear(4, 2)
+        >>> with torch.no_grad():
+        ...     layer.weight[0] = 0
+        >>> sparsity(layer)
+        0.5
+    """
+    weights = effective_weights(model)
+    if not weights:
+        raise ValueError("model has no prunable (Linear or Conv) layers")
+    total = sum(w.numel() for w in weights.values())
+    zeros = sum(w.numel() - int(torch.count_nonzero(w)) for w in weights.values())
+    return zeros / total
+
+
+def _serialized(model: nn.Module) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getvalue()
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Size in bytes of ``torch.save(model.state_dict())``: what a checkpoint costs.
+
+    A model pruned with masks stores ``weight_orig`` *and* ``weight_mask``, so
+    its checkpoint is larger than the dense one until the masks are made
+    permanent.
+    """
+    _check_model(model)
+    return len(_serialized(model))
+
+
+def compressed_bytes(model: nn.Module, level: int = 9) -> int:
+    """Size of the checkpoint after zlib (DEFLATE) compression.
+
+    Zeros compress well, so this shows what unstructured sparsity buys on disk
+    without any sparse format.
+
+    Args:
+        model: Any module.
+        level: zlib compression level, 0-9.
+    """
+    _check_model(model)
+    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 9:
+        raise ValueError(f"level must be an int in [0, 9], got {level!r}")
+    return len(zlib.compress(_serialized(model), level))
+
+
+def _example_input(model: nn.Module, input_shape: Sequence[int], batch_size: int) -> torch.Tensor:
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    return torch.rand(batch_size, *input_shape, device=device)
+
+
+def flops(model: nn.Module, input_shape: Sequence[int] = (1, 28, 28), batch_size: int = 1) -> int:
+    """Floating-point operations of one forward pass, counted by PyTorch.
+
+    ``torch.utils.flop_counter.FlopCounterMode`` counts a matrix product of
+    shapes ``(m, k) @ (k, n)`` as ``2 m k n`` FLOPs. Zero weights are counted:
+    a dense kernel multiplies them like any other value.
+
+    Args:
+        model: The network, in the mode it should be measured in.
+        input_shape: Shape of one example, without the batch dimension.
+        batch_size: Examples per forward pass.
+
+    Returns:
+        Total FLOPs for the batch.
+
+    Example:
+        >>> flops(nn.Linear(784, 10), input_shape=(784,))
+        15680
+    """
+    _check_model(model)
+    check_positive_int("batch_size", batch_size)
+    x = _example_input(model, input_shape, batch_size)
+    counter = _quiet_import("torch.utils.flop_counter").FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def latency(
+    model: nn.Module,
+    batch_size: int = 256,
+    *,
+    input_shape: Sequence[int] = (1, 28, 28),
+    num_threads: int | None = None,
+    min_run_time: float = 0.2,
+    warmup: int = 5,
+) -> float:
+    """Median wall-clock seconds of one forward pass, measured with ``torch.utils.benchmark``.
+
+    The model runs in eval mode under ``torch.no_grad()``; a few warm-up calls
+    come first, then ``Timer.blocked_autorange`` repeats the call for at least
+    ``min_run_time`` seconds and the median is returned. On CUDA the timer
+    synchronises the device.
+
+    Args:
+        model: The network.
+        batch_size: Examples per forward pass.
+        input_shape: Shape of one example.
+        num_threads: CPU threads for the measurement (default: PyTorch's
+            current setting, i.e. what the book's training uses).
+        min_run_time: Seconds of repeated measurement, > 0.
+        warmup: Untimed calls before measuring, >= 0.
+
+    Returns:
+        The median time per call in seconds.
+    """
+    _check_model(model)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("warmup", warmup, allow_zero=True)
+    if not min_run_time > 0:
+        raise ValueError(f"min_run_time must be > 0 seconds, got {min_run_time}")
+    threads = torch.get_num_threads() if num_threads is None else check_positive_int("num_threads", num_threads)
+    x = _example_input(model, input_shape, batch_size)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for _ in range(warmup):
+                model(x)
+        timer = _quiet_import("torch.utils.benchmark").Timer(
+            stmt="with torch.no_grad(): model(x)",
+            globals={"model": model, "x": x, "torch": torch},
+            num_threads=threads,
+        )
+        return float(timer.blocked_autorange(min_run_time=min_run_time).median)
+    finally:
+        model.train(was_training)
+
+
+@dataclass
+class Table:
+    """A small results table that prints as text and renders as HTML in notebooks.
+
+    Args:
+        rows: One mapping per row; the keys of the first row are the columns.
+        formats: Optional ``{column: format spec}``, e.g. ``{"accuracy": ".2%"}``.
+
+    Example:
+        >>> print(Table([{"model": "a", "params": 10}, {"model": "bb", "params": 2}]))
+        model  params
+        a          10
+        bb          2
+    """
+
+    rows: list[dict[str, object]]
+    formats: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.rows[0]) if self.rows else []
+
+    def _cell(self, column: str, value: object) -> str:
+        spec = self.formats.get(column)
+        if spec is not None and isinstance(value, (int, float)):
+            return format(value, spec)
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    def _grid(self) -> list[list[str]]:
+        return [[self._cell(c, row.get(c, "")) for c in self.columns] for row in self.rows]
+
+    def __str__(self) -> str:
+        grid = [self.columns, *self._grid()]
+        widths = [max(len(r[i]) for r in grid) for i in range(len(self.columns))]
+        numeric = [all(isinstance(row.get(c), (int, float)) for row in self.rows) for c in self.columns]
+        lines = []
+        for r in grid:
+            cells = [
+                cell.rjust(w) if is_num else cell.ljust(w)
+                for cell, w, is_num in zip(r, widths, numeric, strict=True)
+            ]
+            lines.append("  ".join(cells).rstrip())
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{c}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in r) + "</tr>" for r in self._grid())
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def column(self, name: str) -> list[object]:
+        """All values of one column, in row order."""
+        if name not in self.columns:
+            raise KeyError(f"no column {name!r}; columns are {self.columns}")
+        return [row[name] for row in self.rows]
+
+    def row(self, key: object, column: str | None = None) -> dict[str, object]:
+        """The first row whose first (or given) column equals ``key``."""
+        column = column or self.columns[0]
+        for r in self.rows:
+            if r.get(column) == key:
+                return r
+        raise KeyError(f"no row with {column}={key!r}")
+
+
+def compare_models(
+    models: Mapping[str, nn.Module],
+    dataset: TensorDataset | None = None,
+    *,
+    batch_size: int = 256,
+    input_shape: Sequence[int] = (1, 28, 28),
+    measure_latency: bool = True,
+) -> Table:
+    """One row per model: accuracy, parameters, nonzeros, bytes, FLOPs, latency.
+
+    Args:
+        models: ``{label: model}`` in the order the rows should appear.
+        dataset: If given, test accuracy and error count are measured on it.
+        batch_size: Batch size of the FLOP count and the latency measurement.
+        input_shape: Shape of one example.
+        measure_latency: Skip the (slowest) latency column when false.
+
+    Returns:
+        A :class:`Table` with columns ``model``, ``accuracy``, ``errors``
+        (when ``dataset`` is given), ``params``, ``nonzero``, ``bytes``,
+        ``zlib_bytes``, ``MFLOPs`` (per batch) and ``latency_ms``.
+    """
+    from .training import evaluate
+
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError("models must be a non-empty mapping of {label: model}")
+    rows = []
+    for label, model in models.items():
+        row: dict[str, object] = {"model": label}
+        if dataset is not None:
+            result = evaluate(model, dataset)
+            row["accuracy"] = result["accuracy"]
+            row["errors"] = result["errors"]
+        row["params"] = count_parameters(model)
+        row["nonzero"] = count_nonzero(model)
+        row["bytes"] = model_bytes(model)
+        row["zlib_bytes"] = compressed_bytes(model)
+        row["MFLOPs"] = flops(model, input_shape, batch_size) / 1e6
+        if measure_latency:
+            row["latency_ms"] = latency(model, batch_size, input_shape=input_shape) * 1e3
+        rows.append(row)
+    return Table(rows, formats={"accuracy": ".2%", "MFLOPs": ".2f", "latency_ms": ".3f"})
