@@ -27,6 +27,7 @@ _SUBMODULES = (
     "models",
     "penalties",
     "pruning",
+    "report",
     "soft",
     "surgery",
     "training",
