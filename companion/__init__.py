@@ -20,7 +20,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBMODULES = (
+    "analysis",
+    "convnets",
     "data",
+    "deploy",
     "distillation",
     "io",
     "metrics",

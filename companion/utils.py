@@ -12,7 +12,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "get_device", "check_in_range", "check_positive_int"]
+__all__ = ["seed_everything", "get_device", "clone_model", "check_in_range", "check_positive_int"]
 
 
 def check_in_range(
@@ -110,7 +110,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     if seed > 2**32 - 1:
         raise ValueError(f"seed must be in [0, 2**32 - 1], got {seed}")
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - seeding the legacy global generator is the point
     torch.manual_seed(seed)  # also seeds every CUDA device
     if deterministic:
         # cuBLAS needs a fixed workspace to be deterministic (CUDA >= 10.2).
@@ -145,3 +145,39 @@ def get_device(prefer: str | None = None) -> torch.device:
     if prefer == "cuda" and not torch.cuda.is_available():
         raise ValueError("prefer='cuda' but torch.cuda.is_available() is False on this machine")
     return torch.device(prefer)
+
+
+def clone_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Deep-copy a model, including one pruned with ``torch.nn.utils.prune``.
+
+    ``copy.deepcopy`` refuses a pruned module because its ``weight`` attribute
+    is a computed (non-leaf) tensor; here that attribute is copied as a
+    detached clone (the pruning hook recomputes it at the next forward pass).
+
+    Args:
+        model: Any module.
+
+    Returns:
+        An independent copy on the same device.
+
+    Raises:
+        TypeError: If ``model`` is not an ``nn.Module``.
+
+    Example:
+        >>> from torch.nn.utils import prune
+        >>> layer = prune.l1_unstructured(torch.nn.Linear(4, 2), "weight", amount=0.5)
+        >>> twin = clone_model(layer)
+        >>> torch.equal(twin.weight, layer.weight) and twin.weight_orig is not layer.weight_orig
+        True
+    """
+    import copy
+
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        for name in list(vars(module)):
+            value = getattr(module, name, None)
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)

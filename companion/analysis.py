@@ -1,0 +1,96 @@
+"""Small analyses behind the last chapter: Pareto fronts, mask stability, dead inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+__all__ = ["pareto_front", "mask_jaccard", "dead_inputs"]
+
+
+def pareto_front(costs: Sequence[float], scores: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats: lower-or-equal cost and higher-or-equal score.
+
+    A point is dominated if another point is at least as good on both axes and
+    strictly better on one. The front is returned sorted by cost.
+
+    Args:
+        costs: Lower is better (bytes, latency).
+        scores: Higher is better (accuracy).
+
+    Returns:
+        Indices of the non-dominated points, by increasing cost.
+
+    Raises:
+        ValueError: If the sequences are empty, of different lengths, or hold NaN.
+
+    Example:
+        >>> pareto_front([1, 2, 3, 4], [0.90, 0.95, 0.94, 0.99])
+        [0, 1, 3]
+    """
+    costs, scores = [float(c) for c in costs], [float(s) for s in scores]
+    if not costs or len(costs) != len(scores):
+        raise ValueError(
+            f"costs and scores must be non-empty and of equal length, got {len(costs)} and {len(scores)}"
+        )
+    if any(v != v for v in costs + scores):
+        raise ValueError("costs and scores must not contain NaN")
+    front = []
+    for i, (c, s) in enumerate(zip(costs, scores, strict=True)):
+        dominated = any(
+            c2 <= c and s2 >= s and (c2 < c or s2 > s) for c2, s2 in zip(costs, scores, strict=True)
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (costs[i], -scores[i]))
+
+
+def mask_jaccard(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
+    """Jaccard similarity of the *kept* weights of two mask sets (1 = identical, 0 = disjoint).
+
+    Used to ask whether pruning from different random seeds keeps the same
+    connections.
+
+    Raises:
+        ValueError: If the mask sets name different layers or shapes differ.
+
+    Example:
+        >>> m1 = {"fc1": torch.tensor([1.0, 1.0, 0.0, 0.0])}
+        >>> m2 = {"fc1": torch.tensor([1.0, 0.0, 1.0, 0.0])}
+        >>> mask_jaccard(m1, m2)
+        0.3333333333333333
+    """
+    if set(a) != set(b):
+        raise ValueError(f"mask sets name different layers: {sorted(a)} vs {sorted(b)}")
+    inter = union = 0
+    for name in a:
+        if a[name].shape != b[name].shape:
+            raise ValueError(
+                f"masks for {name!r} differ in shape: {tuple(a[name].shape)} vs {tuple(b[name].shape)}"
+            )
+        ka, kb = a[name].bool(), b[name].bool()
+        inter += int((ka & kb).sum())
+        union += int((ka | kb).sum())
+    return inter / union if union else 1.0
+
+
+def dead_inputs(first_layer_weight: torch.Tensor) -> torch.Tensor:
+    """Boolean map of inputs whose every outgoing connection in the first layer is zero.
+
+    Args:
+        first_layer_weight: The (effective) weight of the first ``nn.Linear``,
+            shape ``[out_features, in_features]``.
+
+    Returns:
+        A bool tensor of shape ``[in_features]``; reshape to ``28 x 28`` for MNIST.
+
+    Example:
+        >>> dead_inputs(torch.tensor([[0.0, 1.0], [0.0, 2.0]])).tolist()
+        [True, False]
+    """
+    if first_layer_weight.dim() != 2:
+        raise ValueError(
+            f"first_layer_weight must be 2-D [out, in], got shape {tuple(first_layer_weight.shape)}"
+        )
+    return (first_layer_weight.detach() == 0).all(dim=0)

@@ -1,0 +1,38 @@
+"""Pareto fronts, mask overlap and dead inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from companion.analysis import dead_inputs, mask_jaccard, pareto_front
+
+
+def test_pareto_front_drops_dominated_points_and_sorts_by_cost():
+    costs = [5.0, 1.0, 3.0, 2.0, 4.0]
+    scores = [0.99, 0.90, 0.97, 0.89, 0.96]
+    assert pareto_front(costs, scores) == [1, 2, 0]
+
+
+def test_pareto_front_keeps_ties_once_and_rejects_bad_input():
+    assert pareto_front([1, 1], [0.5, 0.5]) == [0, 1]
+    with pytest.raises(ValueError, match="equal length"):
+        pareto_front([1, 2], [0.5])
+    with pytest.raises(ValueError, match="NaN"):
+        pareto_front([1, float("nan")], [0.5, 0.6])
+
+
+def test_mask_jaccard():
+    a = {"fc1": torch.tensor([[1, 1], [0, 0]]), "fc2": torch.tensor([1, 0])}
+    assert mask_jaccard(a, a) == 1.0
+    b = {"fc1": torch.tensor([[0, 0], [1, 1]]), "fc2": torch.tensor([0, 1])}
+    assert mask_jaccard(a, b) == 0.0
+    with pytest.raises(ValueError, match="different layers"):
+        mask_jaccard(a, {"fc1": a["fc1"]})
+
+
+def test_dead_inputs():
+    w = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    assert dead_inputs(w).tolist() == [True, False, True]
+    with pytest.raises(ValueError, match="2-D"):
+        dead_inputs(torch.zeros(3))
