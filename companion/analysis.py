@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["pareto_front", "mask_jaccard", "dead_inputs"]
+__all__ = ["pareto_front", "mask_jaccard", "dead_inputs", "train_step_flops"]
 
 
 def pareto_front(costs: Sequence[float], scores: Sequence[float]) -> list[int]:
@@ -94,3 +96,36 @@ def dead_inputs(first_layer_weight: torch.Tensor) -> torch.Tensor:
             f"first_layer_weight must be 2-D [out, in], got shape {tuple(first_layer_weight.shape)}"
         )
     return (first_layer_weight.detach() == 0).all(dim=0)
+
+
+def train_step_flops(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> int:
+    """FLOPs of one training step (forward, cross-entropy and backward), counted by PyTorch.
+
+    Multiply this by the number of steps to get the compute a method spent;
+    the optimizer update itself (a few FLOPs per parameter) is not included.
+    Gradients are computed on the model and then cleared.
+
+    Args:
+        model: The network, in training mode.
+        inputs: One batch of inputs.
+        targets: Its class labels.
+
+    Returns:
+        The FLOPs of the step, as counted by ``FlopCounterMode``.
+
+    Example:
+        >>> layer = nn.Linear(784, 10)
+        >>> # 2*784*10 forward and the same for the weight gradient (inputs need none)
+        >>> train_step_flops(layer, torch.rand(1, 784), torch.tensor([3]))
+        31360
+    """
+    from .metrics import _quiet_import
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    counter = _quiet_import("torch.utils.flop_counter").FlopCounterMode(display=False)
+    with counter:
+        loss = F.cross_entropy(model(inputs), targets)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())

@@ -36,3 +36,15 @@ def test_dead_inputs():
     assert dead_inputs(w).tolist() == [True, False, True]
     with pytest.raises(ValueError, match="2-D"):
         dead_inputs(torch.zeros(3))
+
+
+def test_train_step_flops_counts_forward_and_backward_by_hand():
+    from companion.analysis import train_step_flops
+    from companion.models import MLP
+
+    model = MLP((4, 3, 2))
+    x, y = torch.rand(5, 4), torch.tensor([0, 1, 0, 1, 1])
+    forward = 2 * 5 * (4 * 3 + 3 * 2)  # 180
+    backward = 2 * 5 * 3 * 2 * 2 + 2 * 5 * 4 * 3  # fc2: weight and input grads; fc1: weight grad
+    assert train_step_flops(model, x, y) == forward + backward
+    assert all(p.grad is None for p in model.parameters())
