@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .surgery import alive_units as alive_channels
+
 __all__ = ["LeNet5", "shrink_lenet5", "alive_channels"]
 
 
@@ -81,23 +83,6 @@ class LeNet5(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, hidden={self.hidden}, num_classes={self.num_classes}"
-
-
-def alive_channels(layer: nn.Module) -> torch.Tensor:
-    """Indices of the output channels (rows) of ``layer`` whose effective weights are not all zero.
-
-    Works on plain and on ``torch.nn.utils.prune``-masked layers (the masked
-    ``weight`` is what counts).
-
-    Example:
-        >>> layer = nn.Linear(3, 4)
-        >>> with torch.no_grad():
-        ...     layer.weight[1] = 0
-        >>> alive_channels(layer).tolist()
-        [0, 2, 3]
-    """
-    weight = layer.weight.detach()
-    return torch.nonzero(weight.flatten(1).abs().sum(1) != 0).flatten()
 
 
 @torch.no_grad()
