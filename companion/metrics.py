@@ -102,24 +102,38 @@ def effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {f"{name}.weight": m.weight.detach() for name, m in prunable_layers(model).items()}
 
 
+def _packed_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """Weight and bias of a dynamically quantised layer, which stores them packed, not as parameters."""
+    if not hasattr(module, "_packed_params") or not callable(getattr(module, "weight", None)):
+        return []
+    tensors = [module.weight().dequantize()]
+    bias = module.bias() if callable(getattr(module, "bias", None)) else None
+    if bias is not None:
+        tensors.append(bias.detach())
+    return tensors
+
+
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable values the model holds (masks are buffers, not counted).
+    """Number of weight and bias values the model holds (masks are buffers, not counted).
 
     A pruned-but-not-shrunk model has as many parameters as the dense one;
-    use :func:`count_nonzero` for the weights that survive.
+    use :func:`count_nonzero` for the weights that survive. The packed int8
+    weights of dynamically quantised layers are counted too.
 
     Example:
         >>> count_parameters(nn.Linear(3, 2))
         8
     """
     _check_model(model)
-    return sum(p.numel() for p in model.parameters())
+    packed = sum(t.numel() for m in model.modules() for t in _packed_tensors(m))
+    return sum(p.numel() for p in model.parameters()) + packed
 
 
 def _effective_tensors(model: nn.Module) -> list[torch.Tensor]:
     """Every parameter as the forward pass sees it (masked where masked)."""
     tensors = []
     for module in model.modules():
+        tensors.extend(_packed_tensors(module))
         for name, param in module.named_parameters(recurse=False):
             if name.endswith("_orig") and hasattr(module, name[: -len("_orig")]):
                 tensors.append(getattr(module, name[: -len("_orig")]).detach())
@@ -283,7 +297,11 @@ def latency(
     check_positive_int("warmup", warmup, allow_zero=True)
     if not min_run_time > 0:
         raise ValueError(f"min_run_time must be > 0 seconds, got {min_run_time}")
-    threads = torch.get_num_threads() if num_threads is None else check_positive_int("num_threads", num_threads)
+    threads = (
+        torch.get_num_threads()
+        if num_threads is None
+        else check_positive_int("num_threads", num_threads)
+    )
     x = _example_input(model, input_shape, batch_size)
     was_training = model.training
     model.eval()
@@ -301,7 +319,7 @@ def latency(
         model.train(was_training)
 
 
-@dataclass
+@dataclass(repr=False)
 class Table:
     """A small results table that prints as text and renders as HTML in notebooks.
 
@@ -324,6 +342,8 @@ class Table:
         return list(self.rows[0]) if self.rows else []
 
     def _cell(self, column: str, value: object) -> str:
+        if value is None:
+            return "n/a"
         spec = self.formats.get(column)
         if spec is not None and isinstance(value, (int, float)):
             return format(value, spec)
@@ -337,7 +357,9 @@ class Table:
     def __str__(self) -> str:
         grid = [self.columns, *self._grid()]
         widths = [max(len(r[i]) for r in grid) for i in range(len(self.columns))]
-        numeric = [all(isinstance(row.get(c), (int, float)) for row in self.rows) for c in self.columns]
+        numeric = [
+            all(isinstance(row.get(c), (int, float)) for row in self.rows) for c in self.columns
+        ]
         lines = []
         for r in grid:
             cells = [
@@ -346,6 +368,9 @@ class Table:
             ]
             lines.append("  ".join(cells).rstrip())
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return str(self)
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{c}</th>" for c in self.columns)
@@ -387,7 +412,9 @@ def compare_models(
     Returns:
         A :class:`Table` with columns ``model``, ``accuracy``, ``errors``
         (when ``dataset`` is given), ``params``, ``nonzero``, ``bytes``,
-        ``zlib_bytes``, ``MFLOPs`` (per batch) and ``latency_ms``.
+        ``zlib_bytes``, ``MFLOPs`` (per batch; ``None``, shown as "n/a", for
+        int8 models, whose integer kernels ``FlopCounterMode`` does not count)
+        and ``latency_ms``.
     """
     from .training import evaluate
 
@@ -404,7 +431,10 @@ def compare_models(
         row["nonzero"] = count_nonzero(model)
         row["bytes"] = model_bytes(model)
         row["zlib_bytes"] = compressed_bytes(model)
-        row["MFLOPs"] = flops(model, input_shape, batch_size) / 1e6
+        counted = flops(model, input_shape, batch_size)
+        # FlopCounterMode counts floating-point kernels only; int8 layers would read as 0.
+        quantized = any(_packed_tensors(m) for m in model.modules())
+        row["MFLOPs"] = None if quantized and counted == 0 else counted / 1e6
         if measure_latency:
             row["latency_ms"] = latency(model, batch_size, input_shape=input_shape) * 1e3
         rows.append(row)

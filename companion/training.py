@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
 
 from .data import _check_dataset, iterate_batches, num_batches
 from .utils import check_in_range, check_positive_int
@@ -62,7 +61,9 @@ def make_optimizer(
     check_in_range("momentum", momentum, 0.0, 1.0, high_inclusive=False)
     check_in_range("weight_decay", weight_decay, 0.0, float("inf"), high_inclusive=False)
     if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+        )
     if name == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     raise ValueError(f"optimizer must be 'sgd', 'adam' or a torch.optim.Optimizer, got {name!r}")
@@ -168,8 +169,16 @@ def train(
         history["eval_loss"], history["eval_accuracy"] = [], []
     steps_per_epoch = num_batches(dataset, batch_size)
     global_step = 0
-    bar = tqdm(range(1, epochs + 1), desc="epochs", disable=not progress, leave=False)
-    for epoch in bar:
+    epoch_range = range(1, epochs + 1)
+    if progress:
+        from tqdm.auto import (
+            tqdm,
+        )  # imported only when wanted: it warns in notebooks without ipywidgets
+
+        bar = tqdm(epoch_range, desc="epochs", leave=False)
+    else:
+        bar = None
+    for epoch in bar if bar is not None else epoch_range:
         model.train()
         start = time.perf_counter()
         total_loss = torch.zeros((), device=dataset.tensors[0].device)
@@ -210,7 +219,8 @@ def train(
             history["eval_loss"].append(result["loss"])
             history["eval_accuracy"].append(result["accuracy"])
             postfix["eval_acc"] = f"{result['accuracy']:.4f}"
-        bar.set_postfix(postfix)
+        if bar is not None:
+            bar.set_postfix(postfix)
     return history
 
 
@@ -233,12 +243,16 @@ def predict(model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 4096) -
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+        return torch.cat(
+            [model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
+        )
     finally:
         model.train(was_training)
 
 
-def evaluate(model: nn.Module, dataset: TensorDataset, *, batch_size: int = 4096) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, dataset: TensorDataset, *, batch_size: int = 4096
+) -> dict[str, float]:
     """Mean cross-entropy and accuracy of ``model`` on ``dataset``, in eval mode.
 
     Args:
