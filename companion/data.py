@@ -116,8 +116,7 @@ def _check_file(path: Path, expected: str, root: Path) -> None:
     if actual != expected:
         raise MNISTError(
             f"MNIST file {path} is corrupt or partial (SHA-256 {actual[:16]}..., expected "
-            f"{expected[:16]}...). Delete it and "
-            + _FETCH_HINT.format(root=root)
+            f"{expected[:16]}...). Delete it and " + _FETCH_HINT.format(root=root)
         )
 
 
@@ -200,7 +199,9 @@ def fetch_mnist(
         MNISTError: If every source failed; the message lists each failure.
     """
     if isinstance(sources, str) or not sources or any(s not in _SOURCES for s in sources):
-        raise ValueError(f"sources must be a non-empty sequence of {sorted(_SOURCES)}, got {sources!r}")
+        raise ValueError(
+            f"sources must be a non-empty sequence of {sorted(_SOURCES)}, got {sources!r}"
+        )
     root_path = _resolve_root(root)
     folder = raw_folder(root_path)
     try:
@@ -288,7 +289,9 @@ def load_mnist(
 
 def _check_dataset(dataset: TensorDataset, name: str = "dataset") -> int:
     if not isinstance(dataset, TensorDataset):
-        raise TypeError(f"{name} must be a torch.utils.data.TensorDataset, got {type(dataset).__name__}")
+        raise TypeError(
+            f"{name} must be a torch.utils.data.TensorDataset, got {type(dataset).__name__}"
+        )
     n = len(dataset.tensors[0])
     if n == 0:
         raise ValueError(f"{name} is empty; it must hold at least one example")
@@ -377,7 +380,9 @@ def train_val_split(
             would be empty.
     """
     n = _check_dataset(dataset)
-    check_in_range("val_fraction", val_fraction, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    check_in_range(
+        "val_fraction", val_fraction, 0.0, 1.0, low_inclusive=False, high_inclusive=False
+    )
     n_val = round(n * val_fraction)
     if n_val == 0 or n_val == n:
         raise ValueError(f"val_fraction={val_fraction} leaves an empty part of a data set of {n}")
@@ -392,9 +397,13 @@ def train_val_split(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m companion.data {fetch,verify} [--root DIR]``."""
-    parser = argparse.ArgumentParser(prog="python -m companion.data", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m companion.data", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("command", choices=["fetch", "verify"])
-    parser.add_argument("--root", default=None, help="data root (default: $COMPANION_DATA or ./data)")
+    parser.add_argument(
+        "--root", default=None, help="data root (default: $COMPANION_DATA or ./data)"
+    )
     parser.add_argument(
         "--source", action="append", choices=sorted(_SOURCES), help="source to try (repeatable)"
     )

@@ -61,5 +61,7 @@ def headline(chapter: str, results: Mapping[str, str]) -> Headline:
         raise ValueError("results must be a non-empty mapping of {description: value}")
     for key, value in results.items():
         if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(f"results must map str to str (format numbers first), got {key!r}: {value!r}")
+            raise TypeError(
+                f"results must map str to str (format numbers first), got {key!r}: {value!r}"
+            )
     return Headline(chapter, dict(results))
