@@ -51,7 +51,9 @@ def test_round_trip_is_bit_identical(tmp_path, build, example):
     assert type(loaded) is type(model)
     assert io.architecture(loaded) == io.architecture(model)
     assert torch.equal(loaded(example), model(example))
-    for (key_a, a), (key_b, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (key_a, a), (key_b, b) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
         assert key_a == key_b and torch.equal(a, b)
     masks, loaded_masks = current_masks(model), current_masks(loaded)
     assert masks.keys() == loaded_masks.keys()

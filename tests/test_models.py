@@ -19,7 +19,11 @@ def test_mlp_layers_are_named_fc1_to_fcn():
 
 @pytest.mark.parametrize(
     "factory, params",
-    [(article_mlp, 784 * 128 + 128 + 128 * 10 + 10), (lenet_300_100, 266_610), (hinton_teacher, 2_395_210)],
+    [
+        (article_mlp, 784 * 128 + 128 + 128 * 10 + 10),
+        (lenet_300_100, 266_610),
+        (hinton_teacher, 2_395_210),
+    ],
 )
 def test_parameter_counts(factory, params):
     assert count_parameters(factory()) == params

@@ -33,7 +33,7 @@ def test_cubic_schedule_end_points_and_monotone():
     values = [cubic_sparsity(t, final=0.8, initial=0.1, start=5, duration=20) for t in range(40)]
     assert values[0] == values[5] == pytest.approx(0.1)
     assert values[25] == values[-1] == pytest.approx(0.8)
-    assert all(b >= a for a, b in zip(values, values[1:]))
+    assert all(b >= a for a, b in zip(values, values[1:], strict=False))
 
 
 @pytest.mark.parametrize(
@@ -117,7 +117,10 @@ def test_gradual_pruner_follows_the_schedule(toy_data):
     train(model, toy_data, epochs=3, lr=0.1, batch_size=16, on_step=pruner.on_step, progress=False)
     assert pruner.history["step"] == [2, 5, 8, 11, 14]
     assert pruner.history["sparsity"][-1] == pytest.approx(0.9)
-    assert all(b > a for a, b in zip(pruner.history["sparsity"], pruner.history["sparsity"][1:]))
+    assert all(
+        b > a
+        for a, b in zip(pruner.history["sparsity"], pruner.history["sparsity"][1:], strict=False)
+    )
     assert layer_sparsity(model)["fc1.weight"] == pytest.approx(round(0.9 * 512) / 512)
 
 

@@ -15,8 +15,17 @@ from companion.training import evaluate, make_optimizer, predict, train
 def test_history_and_learning(toy_data):
     torch.manual_seed(0)
     model = MLP((8, 16, 2))
-    history = train(model, toy_data, epochs=20, lr=0.1, batch_size=32, eval_set=toy_data, progress=False)
-    assert set(history) == {"epoch", "loss", "train_accuracy", "seconds", "eval_loss", "eval_accuracy"}
+    history = train(
+        model, toy_data, epochs=20, lr=0.1, batch_size=32, eval_set=toy_data, progress=False
+    )
+    assert set(history) == {
+        "epoch",
+        "loss",
+        "train_accuracy",
+        "seconds",
+        "eval_loss",
+        "eval_accuracy",
+    }
     assert history["epoch"] == list(range(1, 21))
     assert history["loss"][-1] < history["loss"][0]
     assert history["eval_accuracy"][-1] > 0.9
@@ -25,7 +34,15 @@ def test_history_and_learning(toy_data):
 
 def test_hooks_are_called_as_documented(toy_data):
     steps, epochs = [], []
-    train(MLP((8, 2)), toy_data, epochs=3, batch_size=100, on_step=steps.append, on_epoch_end=epochs.append, progress=False)
+    train(
+        MLP((8, 2)),
+        toy_data,
+        epochs=3,
+        batch_size=100,
+        on_step=steps.append,
+        on_epoch_end=epochs.append,
+        progress=False,
+    )
     assert steps == list(range(1, 3 * 3 + 1))  # 256 examples in batches of 100: 3 steps an epoch
     assert epochs == [1, 2, 3]
 
@@ -55,7 +72,9 @@ def test_penalty_changes_the_objective(toy_data):
     plain, penalised = MLP((8, 2)), MLP((8, 2))
     penalised.load_state_dict(plain.state_dict())
     h1 = train(plain, toy_data, epochs=1, progress=False)
-    h2 = train(penalised, toy_data, epochs=1, penalty=l1_penalty, penalty_weight=0.1, progress=False)
+    h2 = train(
+        penalised, toy_data, epochs=1, penalty=l1_penalty, penalty_weight=0.1, progress=False
+    )
     assert h2["loss"][0] > h1["loss"][0]
     assert l1_penalty(penalised) < l1_penalty(plain)
 
@@ -102,12 +121,16 @@ def test_evaluate_on_a_hand_built_model():
     model = nn.Linear(2, 2, bias=False)
     with torch.no_grad():
         model.weight.copy_(torch.eye(2))
-    data = TensorDataset(torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]]), torch.tensor([0, 1, 1]))
+    data = TensorDataset(
+        torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]]), torch.tensor([0, 1, 1])
+    )
     result = evaluate(model, data)
     assert result["errors"] == 1
     assert result["accuracy"] == pytest.approx(2 / 3)
     logits = data.tensors[0]
-    assert result["loss"] == pytest.approx(nn.functional.cross_entropy(logits, data.tensors[1]).item())
+    assert result["loss"] == pytest.approx(
+        nn.functional.cross_entropy(logits, data.tensors[1]).item()
+    )
     with pytest.raises(ValueError, match="empty"):
         evaluate(model, TensorDataset(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)))
     with pytest.raises(TypeError, match="TensorDataset"):

@@ -9,14 +9,20 @@ import pytest
 import torch
 from torch.nn.utils import prune
 
-from companion.utils import check_in_range, check_positive_int, clone_model, get_device, seed_everything
+from companion.utils import (
+    check_in_range,
+    check_positive_int,
+    clone_model,
+    get_device,
+    seed_everything,
+)
 
 
 def test_seed_everything_repeats_every_generator():
     seed_everything(123)
-    first = (random.random(), np.random.rand(), torch.rand(3))
+    first = (random.random(), np.random.rand(), torch.rand(3))  # noqa: NPY002 (the legacy global generator is what is seeded)
     seed_everything(123)
-    second = (random.random(), np.random.rand(), torch.rand(3))
+    second = (random.random(), np.random.rand(), torch.rand(3))  # noqa: NPY002 (the legacy global generator is what is seeded)
     assert first[0] == second[0] and first[1] == second[1] and torch.equal(first[2], second[2])
 
 
@@ -32,7 +38,9 @@ def test_seed_everything_sets_and_resets_determinism_flags():
     assert torch.backends.cudnn.deterministic is False
 
 
-@pytest.mark.parametrize("bad, error", [(-1, ValueError), (2**32, ValueError), (1.5, TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    "bad, error", [(-1, ValueError), (2**32, ValueError), (1.5, TypeError), (True, TypeError)]
+)
 def test_seed_everything_rejects_bad_seeds(bad, error):
     with pytest.raises(error, match="seed"):
         seed_everything(bad)
