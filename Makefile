@@ -10,7 +10,6 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export COMPANION_DATA ?= $(CURDIR)/data
 export PYTHONHASHSEED := 0
-export MPLBACKEND := Agg
 
 NOTEBOOKS := $(sort $(wildcard book/[0-9][0-9]_*.ipynb))
 
@@ -39,16 +38,17 @@ lint: $(STAMP)  ## ruff lint and format check over the package, tests, benchmark
 	$(BIN)/ruff format --check companion tests benchmarks tools book
 
 unit: data  ## unit, property and doctest tests
-	$(BIN)/python -m pytest tests companion --doctest-modules -q
+	MPLBACKEND=Agg $(BIN)/python -m pytest tests companion --doctest-modules -q
 
 nbval: data  ## re-execute every notebook and compare with its stored outputs (strict)
-	$(BIN)/python -m pytest --nbval --nbval-current-env --nbval-cell-timeout=900 \
+	# The kernel must use the inline backend (figures are outputs), whatever MPLBACKEND says.
+	env -u MPLBACKEND $(BIN)/python -m pytest --nbval --nbval-current-env --nbval-cell-timeout=900 \
 	    --nbval-sanitize-with book/nbval_sanitize.cfg -p no:cacheprovider $(NOTEBOOKS) -q
 
 test: lint unit nbval  ## everything CI runs: lint, unit tests, notebooks
 
 execute: data  ## (authors) re-execute every notebook in place and store its outputs
-	$(BIN)/python tools/execute_notebooks.py $(NOTEBOOKS)
+	env -u MPLBACKEND $(BIN)/python tools/execute_notebooks.py $(NOTEBOOKS)
 
 clean:  ## remove build output (keeps .venv and data)
 	rm -rf _build .pytest_cache .ruff_cache

@@ -9,6 +9,7 @@ the run-time estimates in the chapters stay honest.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,8 @@ def execute(path: Path, timeout: int = 1800) -> float:
 
 
 def main(paths: list[str]) -> int:
+    # Figures are outputs: the kernel must use the inline backend, not a headless one.
+    os.environ.pop("MPLBACKEND", None)
     if not paths:
         print(__doc__)
         return 2
