@@ -87,10 +87,18 @@ def dead_inputs(first_layer_weight: torch.Tensor) -> torch.Tensor:
     Returns:
         A bool tensor of shape ``[in_features]``; reshape to ``28 x 28`` for MNIST.
 
+    Raises:
+        TypeError: If ``first_layer_weight`` is not a tensor.
+        ValueError: If it is not 2-D.
+
     Example:
         >>> dead_inputs(torch.tensor([[0.0, 1.0], [0.0, 2.0]])).tolist()
         [True, False]
     """
+    if not isinstance(first_layer_weight, torch.Tensor):
+        raise TypeError(
+            f"first_layer_weight must be a torch.Tensor, got {type(first_layer_weight).__name__}"
+        )
     if first_layer_weight.dim() != 2:
         raise ValueError(
             f"first_layer_weight must be 2-D [out, in], got shape {tuple(first_layer_weight.shape)}"

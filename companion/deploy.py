@@ -18,13 +18,13 @@ book's outputs stay readable.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .io import atomic_write
 from .utils import clone_model
 
 __all__ = ["quantize_dynamic_int8", "export_torchscript", "load_exported", "check_export"]
@@ -104,27 +104,19 @@ def export_torchscript(
         The path written.
 
     Raises:
-        TypeError: If ``model`` is not an ``nn.Module`` or ``example_input``
-            is not a tensor.
+        TypeError: If ``model`` is not an ``nn.Module``, ``example_input``
+            is not a tensor, or ``path`` is not a ``str`` or ``os.PathLike``.
+        FileNotFoundError: If the destination folder does not exist.
     """
     _check_model(model)
     if not isinstance(example_input, torch.Tensor):
         raise TypeError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
-    path = Path(path)
     plain = _without_masks(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(plain, example_input.cpu())
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            torch.jit.save(traced, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    return path
+        return atomic_write(path, lambda tmp: torch.jit.save(traced, tmp))
 
 
 def load_exported(path: str | os.PathLike) -> torch.jit.ScriptModule:
@@ -163,8 +155,15 @@ def check_export(
     Returns:
         ``{"max_abs_diff": largest absolute difference of the outputs,
         "agreement": fraction of inputs with the same predicted class}``.
+
+    Raises:
+        TypeError: If ``model`` is not an ``nn.Module`` or ``inputs`` is not a tensor.
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If ``path`` is not a TorchScript file.
     """
     _check_model(model)
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
     exported = load_exported(path)
     plain = _without_masks(model)
     x = inputs.cpu()

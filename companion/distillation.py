@@ -33,8 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .data import _check_dataset
-from .training import History, predict, train
+from .training import History, _check_labelled, predict, train
 from .utils import check_in_range
 
 __all__ = ["soft_targets", "kd_loss", "KDLoss", "distill"]
@@ -53,6 +52,18 @@ def _check_logits(name: str, logits: torch.Tensor) -> None:
         raise ValueError(f"{name} must have shape [batch, classes], got {tuple(logits.shape)}")
     if not bool(torch.isfinite(logits).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def _check_same_device(name: str, tensor: torch.Tensor, student_logits: torch.Tensor) -> None:
+    if (
+        isinstance(tensor, torch.Tensor)
+        and isinstance(student_logits, torch.Tensor)
+        and tensor.device != student_logits.device
+    ):
+        raise ValueError(
+            f"{name} is on {tensor.device} but student_logits is on {student_logits.device}; "
+            "put them on the same device"
+        )
 
 
 def soft_targets(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -115,8 +126,9 @@ def kd_loss(
     Raises:
         ValueError: For a non-positive temperature, ``alpha`` outside
             ``[0, 1]``, mismatched shapes or class counts, targets out of
-            range, or non-finite logits.
-        TypeError: If an argument is not a tensor.
+            range, non-finite logits, or tensors on different devices.
+        TypeError: If an argument is not a tensor, or ``targets`` does not
+            hold integer class indices.
 
     Example:
         >>> z = torch.tensor([[1.0, 2.0, 3.0]])
@@ -125,6 +137,7 @@ def kd_loss(
     """
     _check_temperature(temperature)
     check_in_range("alpha", alpha, 0.0, 1.0)
+    _check_same_device("teacher_logits", teacher_logits, student_logits)
     _check_logits("student_logits", student_logits)
     _check_logits("teacher_logits", teacher_logits)
     if student_logits.shape[1] != teacher_logits.shape[1]:
@@ -144,6 +157,11 @@ def kd_loss(
         return soft
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"targets must be a torch.Tensor or None, got {type(targets).__name__}")
+    _check_same_device("targets", targets, student_logits)
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError(
+            f"targets must hold integer class indices (e.g. torch.int64), got {targets.dtype}"
+        )
     if targets.shape != (student_logits.shape[0],):
         raise ValueError(
             f"targets must have shape [{student_logits.shape[0]}] (one class index per example), "
@@ -226,9 +244,12 @@ def distill(
         The training history.
 
     Raises:
-        ValueError: For invalid ``temperature`` or ``alpha``, or if
-            ``train_kwargs`` contains ``loss_fn``.
-        TypeError: If ``teacher`` is not an ``nn.Module``.
+        ValueError: For invalid ``temperature`` or ``alpha``, if
+            ``train_kwargs`` contains ``loss_fn``, or ``dataset`` is empty or
+            has no targets (and whatever :func:`companion.training.train`
+            rejects).
+        TypeError: If ``teacher`` is not an ``nn.Module`` or the targets are
+            not integer class indices.
     """
     _check_temperature(temperature)
     check_in_range("alpha", alpha, 0.0, 1.0)
@@ -238,7 +259,7 @@ def distill(
         raise ValueError(
             "distill sets loss_fn itself; call companion.training.train for a custom loss"
         )
-    _check_dataset(dataset)
+    _check_labelled(dataset)
     was_training = teacher.training
     teacher.eval()
     try:

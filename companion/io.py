@@ -40,6 +40,12 @@ class ModelFileError(ValueError):
     """A file is missing, truncated, corrupt or not a companion model file."""
 
 
+def _as_path(path: str | os.PathLike) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    return Path(path)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it onto ``path``.
 
@@ -51,12 +57,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
+        TypeError: If ``path`` is not a ``str`` or ``os.PathLike``.
         FileNotFoundError: If the destination folder does not exist.
         PermissionError: If the folder is not writable.
         Exception: Whatever ``write`` raises; the temporary file is removed and
             ``path`` keeps its previous content.
     """
-    path = Path(path)
+    path = _as_path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot save to {path}: the folder {path.parent} does not exist")
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -125,7 +132,8 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         The path written.
 
     Raises:
-        TypeError: If ``model`` has no known architecture.
+        TypeError: If ``model`` has no known architecture, or ``path`` is not
+            a ``str`` or ``os.PathLike``.
         FileNotFoundError: If the destination folder does not exist.
 
     Example:
@@ -155,10 +163,11 @@ def read_archive(path: str | os.PathLike, expected_format: str) -> dict[str, Any
     """Load a companion archive with ``weights_only=True`` and check its format tag.
 
     Raises:
+        TypeError: If ``path`` is not a ``str`` or ``os.PathLike``.
         FileNotFoundError: If ``path`` does not exist.
         ModelFileError: If the file is truncated, corrupt, or of another format.
     """
-    path = Path(path)
+    path = _as_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}")
     try:
@@ -187,6 +196,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = None) -
         The rebuilt model; masked layers carry ``weight_orig`` and ``weight_mask`` again.
 
     Raises:
+        TypeError: If ``path`` is not a ``str`` or ``os.PathLike``.
         FileNotFoundError: If ``path`` does not exist.
         ModelFileError: If the file is truncated, corrupt, of another format or version.
     """

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .metrics import layer_sparsity, prunable_layers, sparsity
-from .utils import check_in_range
+from .utils import check_in_range, check_positive_int
 
 __all__ = [
     "magnitude_masks",
@@ -62,6 +62,13 @@ def _check_scope(scope: str) -> None:
 def _check_norm(norm: float) -> None:
     if isinstance(norm, bool) or not isinstance(norm, (int, float)) or not norm > 0:
         raise ValueError(f"norm must be a positive number (1 for L1, 2 for L2), got {norm!r}")
+
+
+def _check_generator(generator: torch.Generator | None) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
 
 
 def _layers(model: nn.Module, structured: bool) -> dict[str, nn.Module]:
@@ -240,6 +247,8 @@ def random_masks(
 
     Raises:
         ValueError: As :func:`magnitude_masks`.
+        TypeError: If ``model`` is not an ``nn.Module`` or ``generator`` is
+            not a ``torch.Generator``.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -249,6 +258,7 @@ def random_masks(
     """
     check_in_range("amount", amount, 0.0, 1.0)
     _check_scope(scope)
+    _check_generator(generator)
     layers = _layers(model, structured)
 
     def random_score(s: torch.Tensor) -> torch.Tensor:
@@ -429,10 +439,10 @@ def iterative_prune(
         mode: ``"soft"`` or ``"hard"`` (see above).
         min_step: Halve the step after a rejected round while it stays at or
             above this; ``None`` stops at the first rejection.
-        reference: The accuracy to compare with (default: ``evaluate(model)``
-            before pruning).
+        reference: The accuracy to compare with, in ``[0, 1]`` (default:
+            ``evaluate(model)`` before pruning).
         generator: Random-number generator for ``criterion="random"``.
-        max_rounds: Safety limit on the number of rounds.
+        max_rounds: Safety limit on the number of rounds, >= 1.
 
     Returns:
         One dict per round: ``round``, ``step``, ``amount`` (pruned fraction
@@ -440,8 +450,13 @@ def iterative_prune(
         ``accepted``.
 
     Raises:
-        ValueError: For out-of-range ``step``, ``target``, ``tolerance`` or
-            ``min_step``, an unknown ``criterion``, ``scope`` or ``mode``.
+        ValueError: For out-of-range ``step``, ``target``, ``tolerance``,
+            ``min_step``, ``reference`` or ``max_rounds``, an unknown
+            ``criterion``, ``scope`` or ``mode``, or a model without prunable
+            layers.
+        TypeError: If ``evaluate`` or ``finetune`` is not callable,
+            ``optimizer`` is not a ``torch.optim.Optimizer``, ``generator`` is
+            not a ``torch.Generator``, or ``max_rounds`` is not an int.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(8, 2))
@@ -460,6 +475,16 @@ def iterative_prune(
         raise ValueError(f"mode must be 'hard' or 'soft', got {mode!r}")
     if not callable(evaluate):
         raise TypeError(f"evaluate must be callable, got {type(evaluate).__name__}")
+    if finetune is not None and not callable(finetune):
+        raise TypeError(f"finetune must be callable or None, got {type(finetune).__name__}")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}"
+        )
+    if reference is not None:
+        check_in_range("reference", reference, 0.0, 1.0)
+    check_positive_int("max_rounds", max_rounds)
+    _check_generator(generator)
     _check_scope(scope)
     layers = _layers(model, structured)
     if reference is None:

@@ -32,7 +32,15 @@ from torch import nn
 
 from .io import ModelFileError, atomic_write, read_archive
 from .metrics import effective_weights, prunable_layers
-from .pruning import Scope, _check_norm, _check_scope, apply_masks, magnitude_masks, make_permanent
+from .pruning import (
+    Scope,
+    _check_norm,
+    _check_scope,
+    _layers,
+    apply_masks,
+    magnitude_masks,
+    make_permanent,
+)
 from .utils import check_in_range, check_positive_int
 
 __all__ = [
@@ -68,7 +76,10 @@ class SoftPruner:
         norm: Row norm used when ``structured``.
 
     Raises:
-        ValueError: If ``amount``, ``scope`` or ``norm`` is invalid, or the model is already masked.
+        ValueError: If ``amount``, ``scope`` or ``norm`` is invalid, the model
+            has no prunable layer (no hidden one when ``structured``), or it is
+            already masked.
+        TypeError: If ``model`` is not an ``nn.Module``.
 
     Example:
         >>> from companion.models import MLP
@@ -91,6 +102,7 @@ class SoftPruner:
         check_in_range("amount", amount, 0.0, 1.0)
         _check_scope(scope)
         _check_norm(norm)
+        _layers(model, structured)
         if any(hasattr(m, "weight_mask") for m in model.modules()):
             raise ValueError(
                 "model already carries pruning masks; soft pruning needs plain weights "
@@ -204,7 +216,9 @@ class GradualPruner:
         structured: Prune whole output neurons.
 
     Raises:
-        ValueError: If an argument is outside its range.
+        ValueError: If an argument is outside its range, or the model has no
+            prunable layer (no hidden one when ``structured``).
+        TypeError: If ``model`` is not an ``nn.Module``.
 
     Example:
         >>> from companion.models import MLP
@@ -232,6 +246,7 @@ class GradualPruner:
         cubic_sparsity(start, final=final, initial=initial, start=start, duration=duration)
         check_positive_int("every", every)
         _check_scope(scope)
+        _layers(model, structured)
         self.model, self.final, self.initial = model, float(final), float(initial)
         self.start, self.duration, self.every = start, duration, every
         self.scope, self.structured = scope, structured
@@ -326,7 +341,11 @@ def load_sparse(path: str | os.PathLike, model: nn.Module | None = None) -> dict
     Raises:
         FileNotFoundError: If ``path`` does not exist.
         companion.io.ModelFileError: If the file is damaged or of another format.
+        TypeError: If ``model`` is neither ``None`` nor an ``nn.Module``.
+        ValueError: If ``model``'s parameters do not match the file's.
     """
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
     payload = read_archive(path, SPARSE_FORMAT)
     state = dict(payload["dense"])
     for key, entry in payload["sparse"].items():
@@ -352,5 +371,11 @@ def load_sparse(path: str | os.PathLike, model: nn.Module | None = None) -> dict
         dense[torch.repeat_interleave(torch.arange(n_rows), crow.diff()), cols] = values
         state[key] = dense.reshape(shape)
     if model is not None:
-        model.load_state_dict(state, strict=True)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise ValueError(
+                f"model does not match the file {path} (load it into a plain model of the saved "
+                f"architecture): {error}"
+            ) from error
     return state

@@ -33,6 +33,48 @@ def _check_model(model: nn.Module) -> None:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
 
+def _check_labelled(dataset: TensorDataset, name: str = "dataset", integer: bool = True) -> int:
+    """``_check_dataset`` plus: a second tensor of targets, integer class indices if ``integer``."""
+    n = _check_dataset(dataset, name)
+    if len(dataset.tensors) < 2:
+        raise ValueError(
+            f"{name} must hold (inputs, targets) tensors, got {len(dataset.tensors)} tensor(s)"
+        )
+    targets = dataset.tensors[1]
+    if not integer:
+        return n
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError(
+            f"{name} targets must hold integer class indices (e.g. torch.int64), got {targets.dtype}"
+        )
+    return n
+
+
+def _check_target_range(targets: torch.Tensor, classes: int, name: str = "dataset") -> None:
+    """Raise ValueError if a class index is outside ``[0, classes - 1]`` (one device sync)."""
+    low, high = int(targets.min()), int(targets.max())
+    if low < 0 or high >= classes:
+        raise ValueError(
+            f"{name} targets must be class indices in [0, {classes - 1}] (the model has {classes} "
+            f"outputs), got values in [{low}, {high}]"
+        )
+
+
+def _check_device(model: nn.Module, tensor: torch.Tensor, name: str) -> None:
+    """Raise ValueError if ``model``'s first parameter and ``tensor`` live on different devices."""
+    first = next(model.parameters(), None)
+    if first is not None and first.device != tensor.device:
+        raise ValueError(
+            f"model is on {first.device} but {name} is on {tensor.device}; put both on the same "
+            f"device (model.to(device), and load_mnist(device=device) for the data)"
+        )
+
+
+def _check_callable(name: str, value: object) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
+
+
 def make_optimizer(
     model: nn.Module,
     name: str = "sgd",
@@ -133,8 +175,13 @@ def train(
         ``eval_set`` is given.
 
     Raises:
-        TypeError: If ``model`` or ``dataset`` has the wrong type.
-        ValueError: For out-of-range arguments, or an empty data set.
+        TypeError: If ``model``, ``dataset`` or ``optimizer`` has the wrong
+            type, ``penalty``, ``loss_fn``, ``on_step`` or ``on_epoch_end`` is
+            not callable, ``seed`` or ``epochs`` is not an int, or (with the
+            default cross-entropy) the targets are not integer class indices.
+        ValueError: For out-of-range arguments, an empty data set, one without
+            targets, model and data on different devices, or (with the default
+            cross-entropy) a target outside ``[0, classes - 1]``.
         FloatingPointError: If the loss becomes NaN or infinite; the message
             names the epoch and step, and training stops there.
 
@@ -146,14 +193,21 @@ def train(
         [1, 2]
     """
     _check_model(model)
-    _check_dataset(dataset)
+    _check_labelled(dataset, integer=loss_fn is None)
+    _check_device(model, dataset.tensors[0], "dataset")
     check_positive_int("epochs", epochs)
     check_positive_int("batch_size", batch_size)
+    check_positive_int("seed", seed, allow_zero=True)
     check_in_range("penalty_weight", penalty_weight, 0.0, float("inf"), high_inclusive=False)
-    if penalty is not None and not callable(penalty):
-        raise TypeError(f"penalty must be callable or None, got {type(penalty).__name__}")
+    for name, value in (
+        ("penalty", penalty),
+        ("loss_fn", loss_fn),
+        ("on_step", on_step),
+        ("on_epoch_end", on_epoch_end),
+    ):
+        _check_callable(name, value)
     if eval_set is not None:
-        _check_dataset(eval_set, "eval_set")
+        _check_labelled(eval_set, "eval_set")
     if isinstance(optimizer, torch.optim.Optimizer):
         opt = optimizer
     elif isinstance(optimizer, str):
@@ -162,6 +216,7 @@ def train(
         raise TypeError(
             f"optimizer must be 'sgd', 'adam' or a torch.optim.Optimizer, got {type(optimizer).__name__}"
         )
+    check_targets = loss_fn is None  # the default cross-entropy needs class indices in range
     loss_fn = loss_fn or _cross_entropy
     generator = torch.Generator().manual_seed(seed)
     history: History = {"epoch": [], "loss": [], "train_accuracy": [], "seconds": []}
@@ -189,6 +244,9 @@ def train(
         ):
             inputs, targets = batch[0], batch[1]
             logits = model(inputs)
+            if check_targets:  # once, on the whole data set, now that the class count is known
+                _check_target_range(dataset.tensors[1], logits.shape[1])
+                check_targets = False
             loss = loss_fn(logits, batch)
             if penalty is not None and penalty_weight > 0:
                 loss = loss + penalty_weight * penalty(model)
@@ -237,8 +295,15 @@ def predict(model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 4096) -
 
     Returns:
         The concatenated outputs.
+
+    Raises:
+        TypeError: If ``model`` is not an ``nn.Module`` or ``inputs`` is not a tensor.
+        ValueError: If ``batch_size`` < 1 or ``inputs`` is on another device than the model.
     """
     _check_model(model)
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
+    _check_device(model, inputs, "inputs")
     check_positive_int("batch_size", batch_size)
     was_training = model.training
     model.eval()
@@ -266,8 +331,10 @@ def evaluate(
         "errors": number of misclassified examples}``.
 
     Raises:
-        TypeError: If ``model`` or ``dataset`` has the wrong type.
-        ValueError: If ``dataset`` is empty.
+        TypeError: If ``model`` or ``dataset`` has the wrong type, or the
+            targets are not integer class indices.
+        ValueError: If ``dataset`` is empty or has no targets, model and data
+            are on different devices, or a target is outside ``[0, classes - 1]``.
 
     Example:
         >>> from companion.models import MLP
@@ -275,9 +342,12 @@ def evaluate(
         >>> sorted(evaluate(MLP((4, 2)), ds))
         ['accuracy', 'errors', 'loss']
     """
-    n = _check_dataset(dataset)
+    _check_model(model)
+    n = _check_labelled(dataset)
     inputs, targets = dataset.tensors[0], dataset.tensors[1]
+    _check_device(model, inputs, "dataset")
     logits = predict(model, inputs, batch_size=batch_size)
+    _check_target_range(targets, logits.shape[1])
     loss = F.cross_entropy(logits, targets).item()
     errors = int((logits.argmax(1) != targets).sum().item())
     return {"loss": loss, "accuracy": (n - errors) / n, "errors": errors}
