@@ -58,18 +58,8 @@ def main() -> None:
     print(
         f"parameters: dense / shrunk = {cp.metrics.count_parameters(dense) / cp.metrics.count_parameters(shrunk):.2f}x"
     )
-    print("median latency per forward pass (ms)")
-    print(f"{'batch':>6s} " + " ".join(f"{name:>8s}" for name in models) + "  dense/shrunk")
-    for batch_size in (1, 16, 64, 256, 1024):
-        times = {
-            name: cp.metrics.latency(model, batch_size, min_run_time=args.min_run_time)
-            for name, model in models.items()
-        }
-        print(
-            f"{batch_size:6d} "
-            + " ".join(f"{1e3 * t:8.3f}" for t in times.values())
-            + f"  {times['dense'] / times['shrunk']:9.2f}x"
-        )
+    print("median latency per forward pass (ms); speedup = dense / shrunk")
+    print(cp.metrics.latency_by_batch(models, min_run_time=args.min_run_time))
 
 
 if __name__ == "__main__":

@@ -109,14 +109,21 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_file(path: Path, expected: str, root: Path) -> None:
+def _check_file(path: Path, expected: str, root: Path | None) -> None:
+    """Raise :class:`MNISTError` if ``path`` is missing or its SHA-256 is wrong.
+
+    With ``root`` the message ends with the fetch command; without it (a file
+    just downloaded into a staging directory) it names only the file.
+    """
     if not path.is_file():
-        raise MNISTError(f"MNIST file {path} is missing; " + _FETCH_HINT.format(root=root))
+        hint = "; " + _FETCH_HINT.format(root=root) if root is not None else ""
+        raise MNISTError(f"MNIST file {path} is missing{hint}")
     actual = _sha256(path)
     if actual != expected:
+        hint = ". Delete it and " + _FETCH_HINT.format(root=root) if root is not None else ""
         raise MNISTError(
             f"MNIST file {path} is corrupt or partial (SHA-256 {actual[:16]}..., expected "
-            f"{expected[:16]}...). Delete it and " + _FETCH_HINT.format(root=root)
+            f"{expected[:16]}...){hint}"
         )
 
 
@@ -225,7 +232,7 @@ def fetch_mnist(
             try:
                 staged = _SOURCES[source](Path(staging))
                 for name, expected in MNIST_SHA256.items():
-                    _check_file(staged / name, expected, root_path)
+                    _check_file(staged / name, expected, None)
             except Exception as exc:  # noqa: BLE001 - every failure is reported below
                 failures.append(f"{source}: {type(exc).__name__}: {exc}")
                 if verbose:
@@ -329,12 +336,14 @@ def iterate_batches(
             one for reproducible epochs.
         drop_last: Skip a last, incomplete batch.
 
-    Yields:
-        Tuples of tensors, one per tensor of ``dataset``.
+    Returns:
+        An iterator over tuples of tensors, one per tensor of ``dataset``.
 
     Raises:
-        TypeError: If ``dataset`` is not a ``TensorDataset``.
-        ValueError: If the data set is empty or ``batch_size`` < 1.
+        TypeError: If ``dataset`` is not a ``TensorDataset`` or ``generator``
+            is not a ``torch.Generator``.
+        ValueError: If the data set is empty or ``batch_size`` < 1. All of
+            these are raised by the call itself, not when iteration starts.
 
     Example:
         >>> ds = TensorDataset(torch.arange(5.0), torch.arange(5))
@@ -343,7 +352,22 @@ def iterate_batches(
     """
     n = _check_dataset(dataset)
     check_positive_int("batch_size", batch_size)
-    tensors = dataset.tensors
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
+    return _batches(dataset.tensors, n, batch_size, shuffle, generator, drop_last)
+
+
+def _batches(
+    tensors: tuple[torch.Tensor, ...],
+    n: int,
+    batch_size: int,
+    shuffle: bool,
+    generator: torch.Generator | None,
+    drop_last: bool,
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The generator behind :func:`iterate_batches` (arguments already checked)."""
     if shuffle:
         order = torch.randperm(n, generator=generator).to(tensors[0].device)
         for start in range(0, n, batch_size):
@@ -370,14 +394,15 @@ def train_val_split(
         dataset: The data set to split.
         val_fraction: Fraction held out, in ``(0, 1)``; the default keeps
             5,000 of MNIST's 60,000 training images for validation.
-        seed: Seed of the permutation, so the split is the same every run.
+        seed: Seed of the permutation (an int >= 0), so the split is the same every run.
 
     Returns:
         ``(train, val)`` as :class:`~torch.utils.data.TensorDataset` objects.
 
     Raises:
-        ValueError: If ``val_fraction`` is outside ``(0, 1)`` or either part
-            would be empty.
+        ValueError: If ``val_fraction`` is outside ``(0, 1)``, either part
+            would be empty, or ``seed`` is negative.
+        TypeError: If ``seed`` is not an int.
     """
     n = _check_dataset(dataset)
     check_in_range(
@@ -386,6 +411,7 @@ def train_val_split(
     n_val = round(n * val_fraction)
     if n_val == 0 or n_val == n:
         raise ValueError(f"val_fraction={val_fraction} leaves an empty part of a data set of {n}")
+    check_positive_int("seed", seed, allow_zero=True)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     order = order.to(dataset.tensors[0].device)
     val_idx, train_idx = order[:n_val], order[n_val:]

@@ -39,6 +39,7 @@ __all__ = [
     "latency",
     "Table",
     "compare_models",
+    "latency_by_batch",
 ]
 
 #: Layer types whose ``weight`` the book prunes.
@@ -392,6 +393,59 @@ class Table:
         raise KeyError(f"no row with {column}={key!r}")
 
 
+def latency_by_batch(
+    models: Mapping[str, nn.Module],
+    batch_sizes: Sequence[int] = (1, 16, 64, 256, 1024),
+    *,
+    input_shape: Sequence[int] = (1, 28, 28),
+    min_run_time: float = 1.0,
+) -> Table:
+    """Median forward-pass latency of several models at several batch sizes.
+
+    Speedups from smaller models depend strongly on the batch size: at batch 1
+    the fixed overhead of each call dominates, at large batches the
+    arithmetic does. One row per batch size, one ``<label>_ms`` column per
+    model, and ``speedup`` = first model's latency / last model's latency.
+
+    Args:
+        models: ``{label: model}``; the first is the baseline of ``speedup``,
+            the last the model compared with it.
+        batch_sizes: Positive batch sizes, one row each.
+        input_shape: Shape of one example.
+        min_run_time: Seconds each measurement runs for (see :func:`latency`).
+
+    Returns:
+        A :class:`Table` with columns ``batch``, ``<label>_ms`` per model and
+        ``speedup``.
+
+    Raises:
+        ValueError: If ``models`` is empty or a batch size is not a positive int.
+
+    Example:
+        >>> table = latency_by_batch({"a": nn.Linear(4, 2)}, [1, 8], input_shape=(4,), min_run_time=0.01)
+        >>> [row["batch"] for row in table.rows], table.columns
+        ([1, 8], ['batch', 'a_ms', 'speedup'])
+    """
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError("models must be a non-empty mapping of {label: model}")
+    for batch_size in batch_sizes:
+        check_positive_int("batch_sizes", batch_size)
+    labels = list(models)
+    rows = []
+    for batch_size in batch_sizes:
+        row: dict[str, object] = {"batch": batch_size}
+        for label in labels:
+            seconds = latency(
+                models[label], batch_size, input_shape=input_shape, min_run_time=min_run_time
+            )
+            row[f"{label}_ms"] = seconds * 1e3
+        row["speedup"] = row[f"{labels[0]}_ms"] / row[f"{labels[-1]}_ms"]
+        rows.append(row)
+    formats = {f"{label}_ms": ".3f" for label in labels}
+    formats["speedup"] = ".2f"
+    return Table(rows, formats)
+
+
 def compare_models(
     models: Mapping[str, nn.Module],
     dataset: TensorDataset | None = None,
@@ -399,6 +453,7 @@ def compare_models(
     batch_size: int = 256,
     input_shape: Sequence[int] = (1, 28, 28),
     measure_latency: bool = True,
+    min_run_time: float = 0.2,
 ) -> Table:
     """One row per model: accuracy, parameters, nonzeros, bytes, FLOPs, latency.
 
@@ -408,6 +463,8 @@ def compare_models(
         batch_size: Batch size of the FLOP count and the latency measurement.
         input_shape: Shape of one example.
         measure_latency: Skip the (slowest) latency column when false.
+        min_run_time: Seconds each latency measurement runs for (see
+            :func:`latency`); raise it for steadier medians.
 
     Returns:
         A :class:`Table` with columns ``model``, ``accuracy``, ``errors``
@@ -436,6 +493,8 @@ def compare_models(
         quantized = any(_packed_tensors(m) for m in model.modules())
         row["MFLOPs"] = None if quantized and counted == 0 else counted / 1e6
         if measure_latency:
-            row["latency_ms"] = latency(model, batch_size, input_shape=input_shape) * 1e3
+            row["latency_ms"] = (
+                latency(model, batch_size, input_shape=input_shape, min_run_time=min_run_time) * 1e3
+            )
         rows.append(row)
     return Table(rows, formats={"accuracy": ".2%", "MFLOPs": ".2f", "latency_ms": ".3f"})
