@@ -40,6 +40,7 @@ __all__ = [
     "Table",
     "compare_models",
     "latency_by_batch",
+    "latencies",
 ]
 
 #: Layer types whose ``weight`` the book prunes.
@@ -320,6 +321,59 @@ def latency(
         model.train(was_training)
 
 
+def latencies(
+    models: Mapping[str, nn.Module],
+    batch_size: int = 256,
+    *,
+    input_shape: Sequence[int] = (1, 28, 28),
+    min_run_time: float = 1.0,
+    rounds: int = 5,
+) -> dict[str, float]:
+    """Median forward-pass latency of several models, measured in interleaved rounds.
+
+    Measuring one model after another lets a burst of background load land on
+    one of them only and distort their ratio. Here every round measures every
+    model for ``min_run_time / rounds`` seconds (with :func:`latency`), and each
+    model's result is the median over the rounds, so slow moments affect all
+    models alike.
+
+    Args:
+        models: ``{label: model}``.
+        batch_size: Batch size of the forward pass, >= 1.
+        input_shape: Shape of one example.
+        min_run_time: Total seconds of measurement per model, > 0.
+        rounds: Number of interleaved rounds, >= 1.
+
+    Returns:
+        ``{label: median seconds per forward pass}``.
+
+    Raises:
+        ValueError: If ``models`` is empty or a number is out of range.
+
+    Example:
+        >>> times = latencies({"a": nn.Linear(4, 2), "b": nn.Linear(4, 8)}, 8, input_shape=(4,), min_run_time=0.02)
+        >>> sorted(times), all(t > 0 for t in times.values())
+        (['a', 'b'], True)
+    """
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError("models must be a non-empty mapping of {label: model}")
+    check_positive_int("rounds", rounds)
+    if not min_run_time > 0:
+        raise ValueError(f"min_run_time must be > 0 seconds, got {min_run_time}")
+    samples: dict[str, list[float]] = {label: [] for label in models}
+    for _ in range(rounds):
+        for label, model in models.items():
+            samples[label].append(
+                latency(
+                    model,
+                    batch_size,
+                    input_shape=input_shape,
+                    min_run_time=min_run_time / rounds,
+                )
+            )
+    return {label: float(torch.tensor(times).median()) for label, times in samples.items()}
+
+
 @dataclass(repr=False)
 class Table:
     """A small results table that prints as text and renders as HTML in notebooks.
@@ -434,11 +488,9 @@ def latency_by_batch(
     rows = []
     for batch_size in batch_sizes:
         row: dict[str, object] = {"batch": batch_size}
+        times = latencies(models, batch_size, input_shape=input_shape, min_run_time=min_run_time)
         for label in labels:
-            seconds = latency(
-                models[label], batch_size, input_shape=input_shape, min_run_time=min_run_time
-            )
-            row[f"{label}_ms"] = seconds * 1e3
+            row[f"{label}_ms"] = times[label] * 1e3
         row["speedup"] = row[f"{labels[0]}_ms"] / row[f"{labels[-1]}_ms"]
         rows.append(row)
     formats = {f"{label}_ms": ".3f" for label in labels}
@@ -463,8 +515,9 @@ def compare_models(
         batch_size: Batch size of the FLOP count and the latency measurement.
         input_shape: Shape of one example.
         measure_latency: Skip the (slowest) latency column when false.
-        min_run_time: Seconds each latency measurement runs for (see
-            :func:`latency`); raise it for steadier medians.
+        min_run_time: Seconds of latency measurement per model, spread over
+            interleaved rounds (see :func:`latencies`); raise it for steadier
+            medians.
 
     Returns:
         A :class:`Table` with columns ``model``, ``accuracy``, ``errors``
@@ -492,9 +545,10 @@ def compare_models(
         # FlopCounterMode counts floating-point kernels only; int8 layers would read as 0.
         quantized = any(_packed_tensors(m) for m in model.modules())
         row["MFLOPs"] = None if quantized and counted == 0 else counted / 1e6
-        if measure_latency:
-            row["latency_ms"] = (
-                latency(model, batch_size, input_shape=input_shape, min_run_time=min_run_time) * 1e3
-            )
         rows.append(row)
+    if measure_latency:
+        # Interleaved rounds, so that background load does not favour one model.
+        times = latencies(models, batch_size, input_shape=input_shape, min_run_time=min_run_time)
+        for row in rows:
+            row["latency_ms"] = times[row["model"]] * 1e3
     return Table(rows, formats={"accuracy": ".2%", "MFLOPs": ".2f", "latency_ms": ".3f"})

@@ -90,7 +90,8 @@ def make_optimizer(
         name: ``"sgd"`` or ``"adam"``.
         lr: Learning rate, > 0.
         momentum: SGD momentum in ``[0, 1)`` (ignored by Adam).
-        weight_decay: Decoupled-from-nothing L2 weight decay, >= 0.
+        weight_decay: L2 weight decay, >= 0: ``weight_decay * p`` is added to the
+            gradient of every parameter ``p``, biases included.
 
     Returns:
         A :class:`torch.optim.Optimizer`.

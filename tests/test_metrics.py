@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.utils import prune
 from torch.utils.data import TensorDataset
 
+from companion import metrics
 from companion.deploy import quantize_dynamic_int8
 from companion.metrics import (
     PRUNABLE_TYPES,
@@ -381,3 +382,34 @@ def test_a_non_module_is_rejected(function):
 def test_sparsity_needs_a_prunable_layer(function):
     with pytest.raises(ValueError, match="no prunable"):
         function(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)))
+
+
+def test_latencies_measures_every_model_in_interleaved_rounds(monkeypatch):
+    calls = []
+
+    def fake_latency(model, batch_size, *, input_shape, min_run_time):
+        calls.append((model, min_run_time))
+        return 0.001 * (len(calls) % 3 + 1)
+
+    monkeypatch.setattr(metrics, "latency", fake_latency)
+    a, b = nn.Linear(4, 2), nn.Linear(4, 3)
+    times = metrics.latencies({"a": a, "b": b}, 8, input_shape=(4,), min_run_time=1.0, rounds=3)
+    assert [model for model, _ in calls] == [a, b, a, b, a, b]
+    assert all(run_time == pytest.approx(1.0 / 3) for _, run_time in calls)
+    assert set(times) == {"a", "b"}
+    # medians of a's samples (2, 1, 3) ms and b's (3, 2, 1) ms
+    assert times["a"] == pytest.approx(0.002) and times["b"] == pytest.approx(0.002)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"rounds": 0}, "rounds"),
+        ({"min_run_time": 0.0}, "min_run_time"),
+        ({"models": {}}, "models"),
+    ],
+)
+def test_latencies_rejects_bad_arguments(kwargs, match):
+    arguments = {"models": {"a": nn.Linear(4, 2)}, "input_shape": (4,), **kwargs}
+    with pytest.raises((ValueError, TypeError), match=match):
+        metrics.latencies(**arguments)
