@@ -1,6 +1,7 @@
 # Two commands matter (see README.md):
 #   make book   build the HTML book into _build/html from the stored, executed notebooks
-#   make test   lint, unit tests, and nbval re-execution of every notebook in book/
+#   make test   lint, unit tests, nbval re-execution of every notebook in book/, and the browser
+#               check of the built book
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -13,7 +14,7 @@ export PYTHONHASHSEED := 0
 
 NOTEBOOKS := $(sort $(wildcard book/[0-9][0-9]_*.ipynb))
 
-.PHONY: help venv data book test lint unit nbval execute clean
+.PHONY: help venv data results book chromium browser test lint unit nbval execute clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -29,7 +30,10 @@ venv: $(STAMP)  ## create .venv and install the package with its book and test e
 data: $(STAMP)  ## provision MNIST (verified by SHA-256) into $(COMPANION_DATA)
 	$(BIN)/python -m companion.data fetch --root "$(COMPANION_DATA)"
 
-book: data  ## build the HTML book into _build/html (strict: warnings are errors)
+results: $(STAMP)  ## write book/_generated/results.md from the notebooks' headline outputs
+	$(BIN)/python tools/build_results_table.py
+
+book: data results  ## build the HTML book into _build/html (strict: warnings are errors)
 	$(BIN)/jupyter-book build . --path-output . -W -n --keep-going
 	@echo "Book built: $(CURDIR)/_build/html/index.html"
 
@@ -45,10 +49,18 @@ nbval: data  ## re-execute every notebook and compare with its stored outputs (s
 	env -u MPLBACKEND $(BIN)/python -m pytest --nbval --nbval-current-env --nbval-cell-timeout=900 \
 	    --nbval-sanitize-with book/nbval_sanitize.cfg -p no:cacheprovider $(NOTEBOOKS) -q
 
-test: lint unit nbval  ## everything CI runs: lint, unit tests, notebooks
+chromium:  ## install Debian's chromium with apt-get, only if no chromium is on PATH
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null || { \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+browser: book chromium  ## open every page in headless Chromium (or Chrome): errors, outputs, figures, badges, math
+	$(BIN)/python tools/browser_check.py
+
+test: lint unit nbval browser  ## everything CI runs: lint, unit tests, notebooks, the built book
 
 execute: data  ## (authors) re-execute every notebook in place and store its outputs
 	env -u MPLBACKEND $(BIN)/python tools/execute_notebooks.py $(NOTEBOOKS)
 
 clean:  ## remove build output (keeps .venv and data)
-	rm -rf _build .pytest_cache .ruff_cache
+	rm -rf _build book/_generated .pytest_cache .ruff_cache

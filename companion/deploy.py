@@ -153,8 +153,9 @@ def check_export(
         inputs: A batch of inputs.
 
     Returns:
-        ``{"max_abs_diff": largest absolute difference of the outputs,
-        "agreement": fraction of inputs with the same predicted class}``.
+        A dict with ``"max_abs_diff"`` (largest absolute difference of the
+        outputs) and ``"agreement"`` (fraction of inputs with the same
+        predicted class).
 
     Raises:
         TypeError: If ``model`` is not an ``nn.Module`` or ``inputs`` is not a tensor.

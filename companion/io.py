@@ -15,7 +15,7 @@ It stores:
   masks and the values its pruned weights had.
 
 Writes are atomic: the archive goes to a temporary file in the destination's
-folder, which then replaces the destination with :func:`os.replace`. An
+folder, which then replaces the destination with ``os.replace``. An
 interrupted save leaves any previous file untouched and no partial file behind.
 """
 

@@ -445,7 +445,7 @@ def iterative_prune(
         max_rounds: Safety limit on the number of rounds, >= 1.
 
     Returns:
-        One dict per round: ``round``, ``step``, ``amount`` (pruned fraction
+        A list with one dict per round, with keys ``round``, ``step``, ``amount`` (pruned fraction
         tried), ``sparsity`` (weight sparsity after the round), ``accuracy``,
         ``accepted``.
 

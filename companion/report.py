@@ -2,7 +2,7 @@
 
 A chapter ends with one :func:`headline` call. In the notebook it shows a
 small table; in the stored notebook it also leaves a machine-readable copy
-(MIME type :data:`HEADLINE_MIME`) from which the intro page's results table is
+(MIME type ``HEADLINE_MIME``) from which the intro page's results table is
 generated, so the front page never carries a number typed by hand.
 """
 

@@ -170,7 +170,7 @@ def train(
         progress: Show a ``tqdm.auto`` bar over the epochs.
 
     Returns:
-        History with one entry per epoch: ``"epoch"``, ``"loss"`` (mean
+        A history, one list entry per epoch under the keys ``"epoch"``, ``"loss"`` (mean
         training objective), ``"train_accuracy"`` (on the batches as they were
         seen), ``"seconds"``, and ``"eval_loss"``/``"eval_accuracy"`` when
         ``eval_set`` is given.
@@ -328,8 +328,8 @@ def evaluate(
         batch_size: Examples per forward pass (only memory depends on it).
 
     Returns:
-        ``{"loss": mean cross-entropy, "accuracy": fraction correct in [0, 1],
-        "errors": number of misclassified examples}``.
+        A dict with ``"loss"`` (mean cross-entropy), ``"accuracy"`` (fraction
+        correct, in [0, 1]) and ``"errors"`` (number of misclassified examples).
 
     Raises:
         TypeError: If ``model`` or ``dataset`` has the wrong type, or the
