@@ -66,6 +66,24 @@ def _check_same_device(name: str, tensor: torch.Tensor, student_logits: torch.Te
         )
 
 
+def _check_targets(targets: torch.Tensor, student_logits: torch.Tensor) -> None:
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets must be a torch.Tensor or None, got {type(targets).__name__}")
+    _check_same_device("targets", targets, student_logits)
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError(
+            f"targets must hold integer class indices (e.g. torch.int64), got {targets.dtype}"
+        )
+    if targets.shape != (student_logits.shape[0],):
+        raise ValueError(
+            f"targets must have shape [{student_logits.shape[0]}] (one class index per example), "
+            f"got {tuple(targets.shape)}"
+        )
+    classes = student_logits.shape[1]
+    if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= classes):
+        raise ValueError(f"targets must be class indices in [0, {classes - 1}], got values outside")
+
+
 def soft_targets(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     r"""The softened distribution :math:`\mathrm{softmax}(z / T)`.
 
@@ -150,26 +168,13 @@ def kd_loss(
             f"student_logits and teacher_logits must have the same batch size, got "
             f"{student_logits.shape[0]} and {teacher_logits.shape[0]}"
         )
+    if targets is not None:
+        _check_targets(targets, student_logits)
     log_p_student = F.log_softmax(student_logits / temperature, dim=1)
     p_teacher = F.softmax(teacher_logits.detach() / temperature, dim=1)
     soft = F.kl_div(log_p_student, p_teacher, reduction="batchmean") * temperature**2
     if targets is None:
         return soft
-    if not isinstance(targets, torch.Tensor):
-        raise TypeError(f"targets must be a torch.Tensor or None, got {type(targets).__name__}")
-    _check_same_device("targets", targets, student_logits)
-    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
-        raise TypeError(
-            f"targets must hold integer class indices (e.g. torch.int64), got {targets.dtype}"
-        )
-    if targets.shape != (student_logits.shape[0],):
-        raise ValueError(
-            f"targets must have shape [{student_logits.shape[0]}] (one class index per example), "
-            f"got {tuple(targets.shape)}"
-        )
-    classes = student_logits.shape[1]
-    if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= classes):
-        raise ValueError(f"targets must be class indices in [0, {classes - 1}], got values outside")
     hard = F.cross_entropy(student_logits, targets)
     return (1 - alpha) * hard + alpha * soft
 
