@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .io import atomic_write
+from .pruning import make_permanent
 from .utils import clone_model
 
 __all__ = ["quantize_dynamic_int8", "export_torchscript", "load_exported", "check_export"]
@@ -37,17 +38,7 @@ def _check_model(model: nn.Module) -> None:
 
 def _without_masks(model: nn.Module) -> nn.Module:
     """A CPU copy of ``model`` in eval mode with any pruning masks folded in."""
-    from torch.nn.utils import prune
-
-    plain = clone_model(model).cpu().eval()
-    for module in plain.modules():
-        for name in [
-            n[: -len("_orig")]
-            for n, _ in module.named_parameters(recurse=False)
-            if n.endswith("_orig")
-        ]:
-            prune.remove(module, name)
-    return plain
+    return make_permanent(clone_model(model).cpu().eval())
 
 
 def quantize_dynamic_int8(model: nn.Module) -> nn.Module:

@@ -43,6 +43,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import yaml
+from build_results_table import toc_files  # tools/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,23 +64,6 @@ class CheckError(Exception):
 
 
 # --------------------------------------------------------------------------- book metadata
-
-
-def toc_docnames(toc_path: Path) -> list[str]:
-    """The root and every ``file`` entry of a jupyter-book ``_toc.yml``, in reading order."""
-    toc = yaml.safe_load(toc_path.read_text(encoding="utf-8"))
-    names = [toc["root"]]
-
-    def walk(entries: list[dict]) -> None:
-        for entry in entries or []:
-            if "file" in entry:
-                names.append(entry["file"])
-            for key in ("parts", "chapters", "sections"):
-                walk(entry.get(key, []))
-
-    for key in ("parts", "chapters", "sections"):
-        walk(toc.get(key, []))
-    return [name.removesuffix(".md").removesuffix(".ipynb") for name in names]
 
 
 def repository(config_path: Path) -> tuple[str, str]:
@@ -397,7 +381,7 @@ def run(args: argparse.Namespace) -> int:
     html_dir = args.html.resolve()
     if not (html_dir / "index.html").is_file():
         raise CheckError(f"{html_dir}/index.html not found: build the book first (make book)")
-    docnames = toc_docnames(args.toc)
+    docnames = toc_files(args.toc)
     repo, branch = repository(args.config)
     names = [Path(d).name for d in docnames]
     if len(set(names)) != len(names):
