@@ -18,35 +18,23 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from companion.data import iterate_batches, load_mnist, raw_folder
+from companion.data import default_root, iterate_batches, load_mnist
 from companion.models import article_mlp
 from companion.utils import seed_everything
 
 
-def article_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer) -> None:
-    """The article's training loop, as written (one epoch)."""
+def epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer) -> None:
+    """The article's training loop, as written (one epoch), over either input pipeline."""
     criterion = nn.CrossEntropyLoss()
     model.train()
-    for images, labels in loader:
-        optimizer.zero_grad()
-        loss = criterion(model(images), labels)
-        loss.backward()
-        optimizer.step()
-
-
-def tensor_epoch(
-    model: nn.Module, dataset, optimizer: torch.optim.Optimizer, generator: torch.Generator
-) -> None:
-    """The same epoch over batches sliced from tensors already in memory."""
-    criterion = nn.CrossEntropyLoss()
-    model.train()
-    for images, labels in iterate_batches(dataset, 64, shuffle=True, generator=generator):
+    for images, labels in batches:
         optimizer.zero_grad()
         loss = criterion(model(images), labels)
         loss.backward()
@@ -70,7 +58,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     seed_everything(0)
 
-    root = raw_folder().parent.parent  # torchvision expects <root>/MNIST/raw
+    root = default_root()  # torchvision reads <root>/MNIST/raw
     mnist = datasets.MNIST(str(root), train=True, download=False, transform=transforms.ToTensor())
     loader = DataLoader(mnist, batch_size=64, shuffle=True)
     train_set, _ = load_mnist()
@@ -78,11 +66,16 @@ def main() -> None:
 
     model = article_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    t_loader = best_of(lambda: article_epoch(model, loader, optimizer), args.repeats)
+    t_loader = best_of(lambda: epoch(model, loader, optimizer), args.repeats)
 
     model = article_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    t_tensor = best_of(lambda: tensor_epoch(model, train_set, optimizer, generator), args.repeats)
+    t_tensor = best_of(
+        lambda: epoch(
+            model, iterate_batches(train_set, 64, shuffle=True, generator=generator), optimizer
+        ),
+        args.repeats,
+    )
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 64, 60,000 images")
     print(f"article loop  (DataLoader + ToTensor): {t_loader:7.2f} s / epoch")

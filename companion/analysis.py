@@ -77,6 +77,46 @@ def mask_jaccard(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -
     return inter / union if union else 1.0
 
 
+def random_mask_jaccard(masks: Mapping[str, torch.Tensor]) -> float:
+    r"""Jaccard similarity expected between two independent random masks shaped like ``masks``.
+
+    The chance level for :func:`mask_jaccard`: each random mask keeps, in every
+    layer :math:`l` of :math:`n_l` weights, the same fraction :math:`k_l` as
+    ``masks`` does, at random positions. Two such masks share about
+    :math:`k_l^2 n_l` kept weights and together keep :math:`(2k_l - k_l^2) n_l`, so
+
+    .. math::
+
+        J_\text{random} = \frac{\sum_l k_l^2 n_l}{\sum_l (2k_l - k_l^2)\, n_l},
+
+    which is :math:`k / (2 - k)` when every layer keeps the same fraction. Global
+    pruning keeps very different fractions per layer, and then the single-
+    fraction formula underestimates the chance level.
+
+    Args:
+        masks: ``{"<layer>": mask}`` with 1 for kept weights.
+
+    Returns:
+        The expected Jaccard index, in [0, 1] (1.0 when no weight is kept).
+
+    Raises:
+        ValueError: If ``masks`` is empty.
+
+    Example:
+        >>> round(random_mask_jaccard({"fc1": torch.tensor([1.0, 0.0, 0.0, 0.0])}), 4)  # k/(2-k)
+        0.1429
+    """
+    if not masks:
+        raise ValueError("masks is empty: pass {layer name: mask} for at least one layer")
+    shared = either = 0.0
+    for mask in masks.values():
+        n = mask.numel()
+        k = int(mask.bool().sum()) / n if n else 0.0
+        shared += k * k * n
+        either += (2 * k - k * k) * n
+    return shared / either if either else 1.0
+
+
 def dead_inputs(first_layer_weight: torch.Tensor) -> torch.Tensor:
     """Boolean map of inputs whose every outgoing connection in the first layer is zero.
 

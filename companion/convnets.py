@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .metrics import current_weight
 from .surgery import alive_units as alive_channels
 
 __all__ = ["LeNet5", "shrink_lenet5", "alive_channels"]
@@ -127,7 +128,7 @@ def shrink_lenet5(model: LeNet5) -> LeNet5:
         return alive
 
     w = {
-        name: getattr(model, name).weight.detach().clone()
+        name: current_weight(getattr(model, name)).clone()
         for name in ("conv1", "conv2", "fc1", "fc2", "fc3")
     }
     b = {

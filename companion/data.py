@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from .utils import check_in_range, check_positive_int
+from .utils import _check_generator, check_in_range, check_positive_int
 
 __all__ = [
     "MNIST_SHA256",
@@ -352,10 +352,7 @@ def iterate_batches(
     """
     n = _check_dataset(dataset)
     check_positive_int("batch_size", batch_size)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
-        )
+    _check_generator(generator)
     return _batches(dataset.tensors, n, batch_size, shuffle, generator, drop_last)
 
 

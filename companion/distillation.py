@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .training import History, _check_labelled, predict, train
+from .training import History, _check_integer_targets, _check_labelled, predict, train
 from .utils import check_in_range
 
 __all__ = ["soft_targets", "kd_loss", "KDLoss", "distill"]
@@ -70,10 +70,7 @@ def _check_targets(targets: torch.Tensor, student_logits: torch.Tensor) -> None:
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"targets must be a torch.Tensor or None, got {type(targets).__name__}")
     _check_same_device("targets", targets, student_logits)
-    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
-        raise TypeError(
-            f"targets must hold integer class indices (e.g. torch.int64), got {targets.dtype}"
-        )
+    _check_integer_targets(targets, "targets")
     if targets.shape != (student_logits.shape[0],):
         raise ValueError(
             f"targets must have shape [{student_logits.shape[0]}] (one class index per example), "

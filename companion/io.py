@@ -80,6 +80,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 def architecture(model: nn.Module) -> dict[str, Any]:
     """Describe how to rebuild ``model``: its class name and constructor arguments.
 
+    Args:
+        model: The model to describe.
+
+    Returns:
+        ``{"class": name, <constructor argument>: value, ...}``, made of
+        strings, numbers and lists only.
+
     Raises:
         TypeError: If ``model`` is not a :class:`~companion.models.MLP` or
             :class:`~companion.convnets.LeNet5` (save a plain ``state_dict``
@@ -162,6 +169,13 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
 def read_archive(path: str | os.PathLike, expected_format: str) -> dict[str, Any]:
     """Load a companion archive with ``weights_only=True`` and check its format tag.
 
+    Args:
+        path: The file.
+        expected_format: The ``"format"`` entry the archive must carry.
+
+    Returns:
+        The archive's dict.
+
     Raises:
         TypeError: If ``path`` is not a ``str`` or ``os.PathLike``.
         FileNotFoundError: If ``path`` does not exist.
@@ -209,13 +223,14 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = None) -
         )
     model = _build(payload["architecture"])
     state = payload["state_dict"]
-    masked = payload["masked"]
+    masks = {name: state[f"{name}.weight_mask"] for name in payload["masked"]}
     # Re-create the re-parametrisation first, so that weight_orig and weight_mask have a home.
-    apply_masks(model, {name: state[f"{name}.weight_mask"] for name in masked})
+    apply_masks(model, masks)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise ModelFileError(f"{path} does not match its own architecture: {error}") from error
-    if masked:
-        apply_masks(model, {name: state[f"{name}.weight_mask"] for name in masked})
+    # load_state_dict fills weight_orig and weight_mask but not the computed ``weight``;
+    # applying the masks again recomputes it from the loaded values.
+    apply_masks(model, masks)
     return model.to(device or "cpu").eval()

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .utils import check_positive_int
+from .utils import check_positive_int, clone_model
 
 __all__ = [
     "PRUNABLE_TYPES",
@@ -101,7 +101,61 @@ def effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     Returns:
         ``{"<layer>.weight": tensor}`` for every prunable layer.
     """
-    return {f"{name}.weight": m.weight.detach() for name, m in prunable_layers(model).items()}
+    return {f"{name}.weight": current_weight(m) for name, m in prunable_layers(model).items()}
+
+
+def current_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
+    """The tensor ``name`` of ``module`` as the next forward pass will use it (detached).
+
+    ``torch.nn.utils.prune`` recomputes a masked layer's ``weight`` attribute
+    only in a hook that runs before each forward pass, so right after an
+    optimizer step ``module.weight`` still holds the previous step's values.
+    This function multiplies ``weight_orig`` by ``weight_mask`` instead, and
+    returns the plain parameter for an unmasked layer.
+
+    Args:
+        module: A layer, masked or not.
+        name: The parameter's name.
+
+    Returns:
+        The effective tensor, detached from the autograd graph.
+
+    Example:
+        >>> from torch.nn.utils import prune
+        >>> layer = prune.custom_from_mask(nn.Linear(2, 1), "weight", torch.tensor([[1.0, 0.0]]))
+        >>> with torch.no_grad():
+        ...     _ = layer.weight_orig.fill_(3.0)  # as an optimizer step would, no forward since
+        >>> current_weight(layer).tolist()
+        [[3.0, 0.0]]
+        >>> bool((layer.weight == 3.0).any())  # the attribute is stale until the next forward
+        False
+    """
+    mask = getattr(module, f"{name}_mask", None)
+    original = getattr(module, f"{name}_orig", None)
+    if mask is not None and original is not None:
+        return (original * mask).detach()
+    return getattr(module, name).detach()
+
+
+def refresh_masked_weights(model: nn.Module) -> nn.Module:
+    """Recompute every masked tensor (``weight = weight_orig * weight_mask``) now.
+
+    Call it after changing ``weight_orig`` or ``weight_mask`` outside a
+    forward pass (an optimizer step, ``load_state_dict``, a mask edit), so that
+    code reading ``module.weight`` directly sees the current values.
+
+    Args:
+        model: Any module; unmasked layers are left alone.
+
+    Returns:
+        ``model``, for chaining.
+    """
+    for module in model.modules():
+        for param_name, _ in list(module.named_parameters(recurse=False)):
+            base = param_name[: -len("_orig")]
+            if param_name.endswith("_orig") and hasattr(module, f"{base}_mask"):
+                setattr(module, base, getattr(module, param_name) * getattr(module, f"{base}_mask"))
+    return model
 
 
 def _packed_tensors(module: nn.Module) -> list[torch.Tensor]:
@@ -138,7 +192,7 @@ def _effective_tensors(model: nn.Module) -> list[torch.Tensor]:
         tensors.extend(_packed_tensors(module))
         for name, param in module.named_parameters(recurse=False):
             if name.endswith("_orig") and hasattr(module, name[: -len("_orig")]):
-                tensors.append(getattr(module, name[: -len("_orig")]).detach())
+                tensors.append(current_weight(module, name[: -len("_orig")]))
             else:
                 tensors.append(param.detach())
     return tensors
@@ -156,6 +210,42 @@ def count_nonzero(model: nn.Module) -> int:
     """
     _check_model(model)
     return sum(int(torch.count_nonzero(t)) for t in _effective_tensors(model))
+
+
+def weight_stats(model: nn.Module, small: float = 1e-3) -> dict[str, float]:
+    """How many weights a penalty has zeroed or nearly zeroed, over all prunable layers.
+
+    Biases are excluded; masked layers count their effective (masked) weights.
+
+    Args:
+        model: A network with at least one Linear or Conv layer.
+        small: Magnitude below which a weight counts as near zero, > 0.
+
+    Returns:
+        ``{"exact_zeros": fraction == 0, "near_zero": fraction with |w| < small,
+        "mean_abs_w": mean |w|}``.
+
+    Raises:
+        ValueError: If the model has no Linear or Conv layer or ``small`` <= 0.
+
+    Example:
+        >>> layer = nn.Linear(2, 2, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.copy_(torch.tensor([[0.0, 1e-4], [0.5, -0.5]]))
+        >>> {key: round(value, 6) for key, value in weight_stats(layer).items()}
+        {'exact_zeros': 0.25, 'near_zero': 0.5, 'mean_abs_w': 0.250025}
+    """
+    if not small > 0:
+        raise ValueError(f"small must be > 0, got {small}")
+    weights = effective_weights(model)
+    if not weights:
+        raise ValueError("model has no prunable (Linear or Conv) layers")
+    flat = torch.cat([w.flatten() for w in weights.values()]).double()
+    return {
+        "exact_zeros": (flat == 0).double().mean().item(),
+        "near_zero": (flat.abs() < small).double().mean().item(),
+        "mean_abs_w": flat.abs().mean().item(),
+    }
 
 
 def layer_sparsity(model: nn.Module) -> dict[str, float]:
@@ -321,6 +411,22 @@ def latency(
         model.train(was_training)
 
 
+def _copies_on(
+    models: Mapping[str, nn.Module], device: str | torch.device | None
+) -> Mapping[str, nn.Module]:
+    """``models`` unchanged for ``device=None``, else independent copies moved to ``device``."""
+    if device is None:
+        return models
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"device must be None, a torch.device or a device string such as 'cpu' or 'cuda', "
+            f"got {device!r}"
+        ) from error
+    return {label: clone_model(model).to(target) for label, model in models.items()}
+
+
 def latencies(
     models: Mapping[str, nn.Module],
     batch_size: int = 256,
@@ -328,6 +434,7 @@ def latencies(
     input_shape: Sequence[int] = (1, 28, 28),
     min_run_time: float = 1.0,
     rounds: int = 5,
+    device: str | torch.device | None = None,
 ) -> dict[str, float]:
     """Median forward-pass latency of several models, measured in interleaved rounds.
 
@@ -343,12 +450,17 @@ def latencies(
         input_shape: Shape of one example.
         min_run_time: Total seconds of measurement per model, > 0.
         rounds: Number of interleaved rounds, >= 1.
+        device: Where to time the models: copies are moved there, the models
+            themselves stay where they are. ``None`` times each model where
+            it is (on a GPU, a small MLP's latency is launch overhead, so the
+            book passes ``"cpu"`` for claims about CPU speed).
 
     Returns:
         ``{label: median seconds per forward pass}``.
 
     Raises:
-        ValueError: If ``models`` is empty or a number is out of range.
+        ValueError: If ``models`` is empty, a number is out of range or
+            ``device`` is not a device.
 
     Example:
         >>> times = latencies({"a": nn.Linear(4, 2), "b": nn.Linear(4, 8)}, 8, input_shape=(4,), min_run_time=0.02)
@@ -360,6 +472,7 @@ def latencies(
     check_positive_int("rounds", rounds)
     if not min_run_time > 0:
         raise ValueError(f"min_run_time must be > 0 seconds, got {min_run_time}")
+    models = _copies_on(models, device)
     samples: dict[str, list[float]] = {label: [] for label in models}
     for _ in range(rounds):
         for label, model in models.items():
@@ -453,6 +566,7 @@ def latency_by_batch(
     *,
     input_shape: Sequence[int] = (1, 28, 28),
     min_run_time: float = 1.0,
+    device: str | torch.device | None = None,
 ) -> Table:
     """Median forward-pass latency of several models at several batch sizes.
 
@@ -467,6 +581,7 @@ def latency_by_batch(
         batch_sizes: Positive batch sizes, one row each.
         input_shape: Shape of one example.
         min_run_time: Seconds each measurement runs for (see :func:`latency`).
+        device: Where to time the models (see :func:`latencies`).
 
     Returns:
         A :class:`Table` with columns ``batch``, ``<label>_ms`` per model and
@@ -485,6 +600,7 @@ def latency_by_batch(
     for batch_size in batch_sizes:
         check_positive_int("batch_sizes", batch_size)
     labels = list(models)
+    models = _copies_on(models, device)  # copy once, not once per batch size
     rows = []
     for batch_size in batch_sizes:
         row: dict[str, object] = {"batch": batch_size}
@@ -506,6 +622,7 @@ def compare_models(
     input_shape: Sequence[int] = (1, 28, 28),
     measure_latency: bool = True,
     min_run_time: float = 0.2,
+    latency_device: str | torch.device | None = None,
 ) -> Table:
     """One row per model: accuracy, parameters, nonzeros, bytes, FLOPs, latency.
 
@@ -518,6 +635,8 @@ def compare_models(
         min_run_time: Seconds of latency measurement per model, spread over
             interleaved rounds (see :func:`latencies`); raise it for steadier
             medians.
+        latency_device: Where to time the models (see ``device`` in
+            :func:`latencies`); accuracy is always measured where the models are.
 
     Returns:
         A :class:`Table` with columns ``model``, ``accuracy``, ``errors``
@@ -548,7 +667,13 @@ def compare_models(
         rows.append(row)
     if measure_latency:
         # Interleaved rounds, so that background load does not favour one model.
-        times = latencies(models, batch_size, input_shape=input_shape, min_run_time=min_run_time)
+        times = latencies(
+            models,
+            batch_size,
+            input_shape=input_shape,
+            min_run_time=min_run_time,
+            device=latency_device,
+        )
         for row in rows:
             row["latency_ms"] = times[row["model"]] * 1e3
     return Table(rows, formats={"accuracy": ".2%", "MFLOPs": ".2f", "latency_ms": ".3f"})

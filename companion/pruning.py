@@ -32,8 +32,14 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from .metrics import layer_sparsity, prunable_layers, sparsity
-from .utils import check_in_range, check_positive_int
+from .metrics import (
+    current_weight,
+    layer_sparsity,
+    prunable_layers,
+    refresh_masked_weights,
+    sparsity,
+)
+from .utils import _check_callable, _check_generator, check_in_range, check_positive_int
 
 __all__ = [
     "magnitude_masks",
@@ -62,13 +68,6 @@ def _check_scope(scope: str) -> None:
 def _check_norm(norm: float) -> None:
     if isinstance(norm, bool) or not isinstance(norm, (int, float)) or not norm > 0:
         raise ValueError(f"norm must be a positive number (1 for L1, 2 for L2), got {norm!r}")
-
-
-def _check_generator(generator: torch.Generator | None) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
-        )
 
 
 def _layers(model: nn.Module, structured: bool) -> dict[str, nn.Module]:
@@ -148,7 +147,7 @@ def _unit_scores(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Size]]:
     scores, shapes = {}, {}
     for name, module in layers.items():
-        weight = module.weight.detach()  # effective (masked) weight
+        weight = current_weight(module)
         shapes[name] = weight.shape
         pruned = weight == 0 if not prune.is_pruned(module) else module.weight_mask == 0
         if structured:
@@ -378,7 +377,7 @@ def make_permanent(model: nn.Module) -> nn.Module:
 def structured_sparsity(model: nn.Module) -> float:
     """Fraction of hidden neurons (rows of every layer but the last) whose weights are all zero."""
     layers = _layers(model, structured=True)
-    dead = sum(int((m.weight.detach().flatten(1).abs().sum(1) == 0).sum()) for m in layers.values())
+    dead = sum(int((current_weight(m).flatten(1).abs().sum(1) == 0).sum()) for m in layers.values())
     total = sum(m.weight.shape[0] for m in layers.values())
     return dead / total
 
@@ -475,8 +474,7 @@ def iterative_prune(
         raise ValueError(f"mode must be 'hard' or 'soft', got {mode!r}")
     if not callable(evaluate):
         raise TypeError(f"evaluate must be callable, got {type(evaluate).__name__}")
-    if finetune is not None and not callable(finetune):
-        raise TypeError(f"finetune must be callable or None, got {type(finetune).__name__}")
+    _check_callable("finetune", finetune)
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(
             f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}"
@@ -537,8 +535,7 @@ def iterative_prune(
             amount = new_amount
             continue
         model.load_state_dict(snapshot)
-        for module in layers.values():  # recompute the masked weight from the restored buffers
-            module.weight = module.weight_orig * module.weight_mask
+        refresh_masked_weights(model)  # load_state_dict leaves the computed weight stale
         if optimizer is not None:
             optimizer.load_state_dict(optimizer_state)
         if min_step is not None and step / 2 >= min_step:

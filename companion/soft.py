@@ -243,6 +243,7 @@ class GradualPruner:
         scope: Scope = "layer",
         structured: bool = False,
     ) -> None:
+        # validates final, initial, start and duration with the schedule's own checks
         cubic_sparsity(start, final=final, initial=initial, start=start, duration=duration)
         check_positive_int("every", every)
         _check_scope(scope)
@@ -301,7 +302,9 @@ def save_sparse(model: nn.Module, path: str | os.PathLike) -> Path:
         The path written.
 
     Raises:
-        TypeError: If ``model`` is not an ``nn.Module``.
+        TypeError: If ``model`` is not an ``nn.Module``, or ``path`` is not a
+            ``str`` or ``os.PathLike``.
+        FileNotFoundError: If the destination folder does not exist.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .metrics import current_weight
 from .models import MLP
 
 __all__ = ["alive_units", "shrink"]
@@ -31,7 +32,7 @@ def alive_units(layer: nn.Module) -> torch.Tensor:
         >>> alive_units(layer).tolist()
         [0, 2, 3]
     """
-    weight = layer.weight.detach()
+    weight = current_weight(layer)
     return torch.nonzero(weight.flatten(1).abs().sum(1) != 0).flatten()
 
 
@@ -74,7 +75,7 @@ def shrink(model: MLP) -> MLP:
     if not isinstance(model, MLP):
         raise TypeError(f"model must be a companion.models.MLP, got {type(model).__name__}")
     layers = model.linears
-    weights = [layer.weight.detach().clone() for layer in layers]
+    weights = [current_weight(layer).clone() for layer in layers]
     biases = [layer.bias.detach().clone() for layer in layers]
     kept_inputs = torch.arange(model.sizes[0], device=weights[0].device)
     new_weights, new_biases, sizes = [], [], [model.sizes[0]]

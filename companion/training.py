@@ -17,7 +17,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from .data import _check_dataset, iterate_batches, num_batches
-from .utils import check_in_range, check_positive_int
+from .metrics import refresh_masked_weights
+from .utils import _check_callable, check_in_range, check_positive_int
 
 __all__ = ["train", "evaluate", "predict", "make_optimizer", "History", "LossFn"]
 
@@ -33,6 +34,14 @@ def _check_model(model: nn.Module) -> None:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
 
+def _check_integer_targets(targets: torch.Tensor, label: str) -> None:
+    """Raise TypeError unless ``targets`` has an integer dtype (class indices, not bool)."""
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError(
+            f"{label} must hold integer class indices (e.g. torch.int64), got {targets.dtype}"
+        )
+
+
 def _check_labelled(dataset: TensorDataset, name: str = "dataset", integer: bool = True) -> int:
     """``_check_dataset`` plus: a second tensor of targets, integer class indices if ``integer``."""
     n = _check_dataset(dataset, name)
@@ -40,13 +49,8 @@ def _check_labelled(dataset: TensorDataset, name: str = "dataset", integer: bool
         raise ValueError(
             f"{name} must hold (inputs, targets) tensors, got {len(dataset.tensors)} tensor(s)"
         )
-    targets = dataset.tensors[1]
-    if not integer:
-        return n
-    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
-        raise TypeError(
-            f"{name} targets must hold integer class indices (e.g. torch.int64), got {targets.dtype}"
-        )
+    if integer:
+        _check_integer_targets(dataset.tensors[1], f"{name} targets")
     return n
 
 
@@ -68,11 +72,6 @@ def _check_device(model: nn.Module, tensor: torch.Tensor, name: str) -> None:
             f"model is on {first.device} but {name} is on {tensor.device}; put both on the same "
             f"device (model.to(device), and load_mnist(device=device) for the data)"
         )
-
-
-def _check_callable(name: str, value: object) -> None:
-    if value is not None and not callable(value):
-        raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
 
 
 def make_optimizer(
@@ -266,6 +265,7 @@ def train(
             total_loss += loss.detach() * len(targets)
             correct += (logits.argmax(1) == targets).sum()
             seen += len(targets)
+        refresh_masked_weights(model)  # masked layers' weight lags the last step until a forward
         if on_epoch_end is not None:
             on_epoch_end(epoch)
         history["epoch"].append(epoch)

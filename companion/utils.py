@@ -84,6 +84,20 @@ def check_positive_int(name: str, value: int, *, allow_zero: bool = False) -> in
     return int(value)
 
 
+def _check_generator(generator: torch.Generator | None) -> None:
+    """Raise TypeError unless ``generator`` is ``None`` or a ``torch.Generator``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
+
+
+def _check_callable(name: str, value: object) -> None:
+    """Raise TypeError unless ``value`` is ``None`` or callable."""
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python, NumPy and PyTorch (CPU and every CUDA device).
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: real MNIST (provisioned by `make data`) and small synthetic data."""
+"""Shared fixtures: real MNIST (provisioned by `make data`), small synthetic data, devices."""
 
 from __future__ import annotations
 
@@ -22,14 +22,17 @@ def mnist() -> tuple[TensorDataset, TensorDataset]:
     return cp.load_mnist()
 
 
-@pytest.fixture(scope="session")
-def mnist_small(mnist) -> tuple[TensorDataset, TensorDataset]:
-    """The first 6,000 training and 1,000 test images: enough to train in a second."""
-    train, test = mnist
-    return (
-        TensorDataset(*(t[:6000] for t in train.tensors)),
-        TensorDataset(*(t[:1000] for t in test.tensors)),
-    )
+@pytest.fixture(
+    params=[
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+        ),
+    ]
+)
+def device(request) -> str:
+    """A test that takes ``device`` runs on the CPU, and on CUDA too (skipped without a GPU)."""
+    return request.param
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from companion.analysis import dead_inputs, mask_jaccard, pareto_front
+from companion.analysis import dead_inputs, mask_jaccard, pareto_front, random_mask_jaccard
 
 
 def test_pareto_front_drops_dominated_points_and_sorts_by_cost():
@@ -29,6 +29,35 @@ def test_mask_jaccard():
     assert mask_jaccard(a, b) == 0.0
     with pytest.raises(ValueError, match="different layers"):
         mask_jaccard(a, {"fc1": a["fc1"]})
+
+
+def test_random_mask_jaccard_matches_simulated_random_masks():
+    # layers keeping very different fractions, as global magnitude pruning does
+    masks = {
+        "fc1": (torch.rand(300, 100, generator=torch.Generator().manual_seed(0)) < 0.07).float(),
+        "fc2": (torch.rand(100, 30, generator=torch.Generator().manual_seed(1)) < 0.3).float(),
+        "fc3": (torch.rand(10, 30, generator=torch.Generator().manual_seed(2)) < 0.77).float(),
+    }
+    generator = torch.Generator().manual_seed(3)
+
+    def shuffled(m):
+        return {
+            n: t.flatten()[torch.randperm(t.numel(), generator=generator)].view_as(t)
+            for n, t in m.items()
+        }
+
+    simulated = sum(mask_jaccard(shuffled(masks), shuffled(masks)) for _ in range(200)) / 200
+    expected = random_mask_jaccard(masks)
+    assert abs(simulated - expected) < 0.005, (simulated, expected)
+    overall = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+    assert expected > overall / (2 - overall) + 0.02  # the single-fraction formula is too low here
+
+
+def test_random_mask_jaccard_single_fraction_and_bad_input():
+    assert random_mask_jaccard({"w": torch.tensor([1, 1, 0, 0])}) == pytest.approx(0.5 / 1.5)
+    assert random_mask_jaccard({"w": torch.zeros(3)}) == 1.0
+    with pytest.raises(ValueError, match="masks is empty"):
+        random_mask_jaccard({})
 
 
 def test_dead_inputs():

@@ -9,7 +9,6 @@ from deep inside PyTorch, an ``IndexError`` on a label) does not pass.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -1212,14 +1211,12 @@ CASES = [
 
 @pytest.mark.parametrize(("call", "error", "message"), CASES)
 def test_bad_input_fails_early_with_a_message_naming_the_argument(call, error, message):
-    with pytest.raises(error) as info:
+    # ``match`` is ``re.search`` on the message; an error of another type (an IndexError from
+    # torch where the row asks for a ValueError) is not caught and fails the row.
+    with pytest.raises(error, match=message):
         result = call()
         if hasattr(result, "__next__"):  # a lazy generator must not hide the error
             pytest.fail("the error was deferred to the first next() of a generator")
-    # Not a subclass that merely shares the base type: an IndexError from torch is no ValueError,
-    # but e.g. io.ModelFileError (a ValueError) is accepted where the row asks for it.
-    assert isinstance(info.value, error)
-    assert re.search(message, str(info.value)), f"message {str(info.value)!r} !~ {message!r}"
 
 
 def test_the_table_is_broad():

@@ -26,13 +26,6 @@ from companion.penalties import l1_penalty
 from companion.training import evaluate, train
 from companion.utils import seed_everything
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-    ),
-]
-
 
 @pytest.fixture(autouse=True)
 def restore_global_state():
@@ -90,14 +83,12 @@ def assert_identical(first, second):
     assert e1 == e2
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("seed", [0, 2**32 - 1])
 def test_same_seed_same_run_gives_bit_identical_weights_and_metrics(seed, deterministic, device):
     assert_identical(run(seed, device, deterministic), run(seed, device, deterministic))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_adam_with_a_penalty_repeats_too(device):
     kwargs = {"optimizer": "adam", "penalty": l1_penalty, "penalty_weight": 1e-4}
     assert_identical(run(3, device, True, **kwargs), run(3, device, True, **kwargs))

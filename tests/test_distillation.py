@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
 
 from companion.distillation import KDLoss, distill, kd_loss, soft_targets
 from companion.models import MLP
@@ -84,36 +83,6 @@ def test_soft_targets_and_module():
     )
 
 
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"temperature": 0.0}, "temperature"),
-        ({"temperature": -1.0}, "temperature"),
-        ({"alpha": 1.5}, "alpha"),
-        ({"alpha": -0.1}, "alpha"),
-    ],
-)
-def test_bad_hyperparameters(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        kd_loss(_logits(0), _logits(1), **kwargs)
-
-
-def test_bad_shapes_and_targets():
-    zs = _logits(0)
-    with pytest.raises(ValueError, match="classes"):
-        kd_loss(zs, torch.randn(8, 4))
-    with pytest.raises(ValueError, match="batch size"):
-        kd_loss(zs, torch.randn(7, 5))
-    with pytest.raises(ValueError, match=r"class indices in \[0, 4\]"):
-        kd_loss(zs, _logits(1), torch.full((8,), 5))
-    with pytest.raises(ValueError, match="targets must have shape"):
-        kd_loss(zs, _logits(1), torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError, match="NaN"):
-        kd_loss(torch.full((8, 5), float("nan")), _logits(1))
-    with pytest.raises(TypeError, match="student_logits"):
-        kd_loss([1.0], _logits(1))
-
-
 @pytest.fixture
 def kd_setup(toy_data):
     torch.manual_seed(0)
@@ -162,18 +131,3 @@ def test_distill_uses_the_teacher(kd_setup):
     noise = MLP((8, 4, 2))
     distill(s2, noise, data, epochs=1, alpha=1.0, progress=False)
     assert not torch.allclose(s1.fc1.weight, s2.fc1.weight)
-
-
-def test_distill_rejects_bad_input(kd_setup):
-    teacher, data = kd_setup
-    with pytest.raises(ValueError, match="loss_fn"):
-        distill(MLP((8, 2)), teacher, data, epochs=1, loss_fn=lambda *_: 0)
-    with pytest.raises(TypeError, match="teacher"):
-        distill(MLP((8, 2)), "teacher", data, epochs=1)
-    with pytest.raises(ValueError, match="empty"):
-        distill(
-            MLP((8, 2)),
-            teacher,
-            TensorDataset(torch.zeros(0, 8), torch.zeros(0, dtype=torch.long)),
-            epochs=1,
-        )

@@ -1,4 +1,8 @@
-"""companion.io: round trips for dense, masked and shrunk models; atomic writes; damaged files."""
+"""companion.io: round trips for dense, masked and shrunk models; atomic writes; damaged files.
+
+Missing files and folders, foreign files and unsupported models are rows of
+tests/test_bad_input.py (``load-*``, ``save-*``).
+"""
 
 from __future__ import annotations
 
@@ -96,31 +100,6 @@ def test_truncated_file_gives_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(io.ModelFileError, match="truncated, corrupt"):
         io.load(path)
-
-
-def test_foreign_file_gives_a_clear_error(tmp_path):
-    path = tmp_path / "state.pt"
-    torch.save(MLP((4, 3, 2)).state_dict(), path)
-    with pytest.raises(io.ModelFileError, match="not a 'companion-model' file"):
-        io.load(path)
-    text = tmp_path / "notes.txt"
-    text.write_text("not a model")
-    with pytest.raises(io.ModelFileError, match="could not be read"):
-        io.load(text)
-
-
-def test_missing_file_and_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no model file"):
-        io.load(tmp_path / "absent.pt")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        io.save(MLP((4, 3, 2)), tmp_path / "no" / "such" / "dir" / "m.pt")
-
-
-def test_unsupported_model_type(tmp_path):
-    with pytest.raises(TypeError, match="MLP or LeNet5"):
-        io.save(torch.nn.Linear(3, 2), tmp_path / "m.pt")
-    with pytest.raises(TypeError, match="model must be"):
-        io.save("not a model", tmp_path / "m.pt")
 
 
 def test_newer_version_is_refused(tmp_path):

@@ -19,7 +19,6 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 import companion as cp
@@ -209,14 +208,6 @@ def test_device_is_chosen_by_get_device(path):
     )
     hard_coded = re.findall(r"torch\.device\(\s*['\"]cuda|\.cuda\(\)|device\s*=\s*['\"]cuda", code)
     assert not hard_coded, f"{path.name}: device hard-coded: {hard_coded}"
-
-
-def test_get_device_returns_cuda_when_cuda_is_available(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert cp.get_device() == torch.device("cuda")
-    assert cp.utils.get_device().type == "cuda"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert cp.get_device() == torch.device("cpu")
 
 
 # --------------------------------------------------------------------------- stored outputs

@@ -99,17 +99,6 @@ def test_soft_pruner_regrowth_count_is_exact():
     assert model.fc1.weight.tolist() == [[5.0, 0.0, 0.0, 4.0]]
 
 
-def test_soft_pruner_rejects_masked_models_and_early_finalize():
-    model = MLP((4, 3, 2))
-    with pytest.raises(RuntimeError, match="on_epoch_end"):
-        SoftPruner(model, 0.5).finalize()
-    apply_masks(model, magnitude_masks(model, 0.5))
-    with pytest.raises(ValueError, match="masks"):
-        SoftPruner(model, 0.5)
-    with pytest.raises(ValueError, match="amount"):
-        SoftPruner(MLP((4, 3, 2)), 1.2)
-
-
 def test_gradual_pruner_follows_the_schedule(toy_data):
     torch.manual_seed(2)
     model = MLP((8, 64, 2))

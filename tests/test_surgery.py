@@ -68,3 +68,17 @@ def test_alive_units():
     with torch.no_grad():
         net.fc1.weight[2] = 0
     assert alive_units(net.fc1).tolist() == [0, 1, 3]
+
+
+def test_shrink_sees_an_optimizer_step_taken_after_the_last_forward_pass():
+    # torch's prune hook recomputes `weight` only before a forward pass; shrink must not
+    # read the stale attribute after an optimizer step.
+    net = _random_mlp((8, 6, 3), seed=2)
+    apply_masks(net, magnitude_masks(net, 0.5, structured=True, norm=2))
+    x = torch.randn(16, 8)
+    net(x).sum().backward()
+    torch.optim.SGD(net.parameters(), lr=0.5).step()
+    stale = net.fc1.weight.detach().clone()
+    small = shrink(net)
+    assert not torch.equal(stale, net.fc1.weight_orig * net.fc1.weight_mask)
+    torch.testing.assert_close(small(x), net(x), atol=1e-5, rtol=1e-5)

@@ -1,4 +1,8 @@
-"""The one training loop: history, hooks, optimizers, NaN guard; evaluate and predict."""
+"""The one training loop: history, hooks, optimizers, NaN guard; evaluate and predict.
+
+Invalid arguments are rows of tests/test_bad_input.py; bit-for-bit repeatability of a seeded
+run is tests/test_determinism.py.
+"""
 
 from __future__ import annotations
 
@@ -47,16 +51,6 @@ def test_hooks_are_called_as_documented(toy_data):
     assert epochs == [1, 2, 3]
 
 
-def test_same_seed_same_order_and_result(toy_data):
-    results = []
-    for _ in range(2):
-        torch.manual_seed(0)
-        model = MLP((8, 4, 2))
-        train(model, toy_data, epochs=2, batch_size=16, seed=5, progress=False)
-        results.append(model.fc1.weight.detach().clone())
-    assert torch.equal(*results)
-
-
 def test_optimizer_instance_keeps_its_state(toy_data):
     model = MLP((8, 2))
     optimizer = make_optimizer(model, "sgd", lr=0.1, momentum=0.9)
@@ -99,24 +93,6 @@ def test_nan_loss_stops_with_epoch_and_step(toy_data):
         train(MLP((8, 2)), TensorDataset(x, y), epochs=2, batch_size=32, progress=False)
 
 
-@pytest.mark.parametrize(
-    "kwargs, error, match",
-    [
-        ({"epochs": 0}, ValueError, "epochs"),
-        ({"epochs": 1, "batch_size": 0}, ValueError, "batch_size"),
-        ({"epochs": 1, "lr": 0}, ValueError, "lr"),
-        ({"epochs": 1, "momentum": 1.0}, ValueError, "momentum"),
-        ({"epochs": 1, "optimizer": "rmsprop"}, ValueError, "optimizer"),
-        ({"epochs": 1, "optimizer": 3}, TypeError, "optimizer"),
-        ({"epochs": 1, "penalty_weight": -1.0}, ValueError, "penalty_weight"),
-        ({"epochs": 1, "penalty": "l1"}, TypeError, "penalty"),
-    ],
-)
-def test_bad_arguments(toy_data, kwargs, error, match):
-    with pytest.raises(error, match=match):
-        train(MLP((8, 2)), toy_data, progress=False, **kwargs)
-
-
 def test_evaluate_on_a_hand_built_model():
     model = nn.Linear(2, 2, bias=False)
     with torch.no_grad():
@@ -138,6 +114,7 @@ def test_evaluate_on_a_hand_built_model():
 
 
 def test_predict_restores_training_mode():
+    torch.manual_seed(0)
     model = MLP((4, 8, 2), dropout=0.5)
     model.train()
     inputs = torch.rand(10, 4)
@@ -145,4 +122,19 @@ def test_predict_restores_training_mode():
     assert out.shape == (10, 2)
     assert model.training  # the caller's mode is restored
     # predict runs in eval mode, so dropout is off and the result is repeatable
-    assert torch.equal(out, predict(model, inputs, batch_size=5))
+    assert torch.equal(out, predict(model, inputs, batch_size=3))
+    # Other batch sizes give the same predictions up to float rounding (a matrix product of
+    # another shape may round differently in the last bit, so not torch.equal).
+    torch.testing.assert_close(out, predict(model, inputs, batch_size=5))
+
+
+def test_train_leaves_masked_weights_current():
+    from companion.pruning import apply_masks, magnitude_masks
+
+    torch.manual_seed(0)
+    net = MLP((4, 5, 3))
+    apply_masks(net, magnitude_masks(net, 0.5))
+    data = TensorDataset(torch.randn(32, 4), torch.randint(0, 3, (32,)))
+    train(net, data, epochs=1, batch_size=8, progress=False)
+    for layer in net.linears:
+        assert torch.equal(layer.weight, layer.weight_orig * layer.weight_mask)

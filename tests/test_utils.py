@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.nn.utils import prune
 
+import companion as cp
 from companion.utils import (
     check_in_range,
     check_positive_int,
@@ -26,18 +27,6 @@ def test_seed_everything_repeats_every_generator():
     assert first[0] == second[0] and first[1] == second[1] and torch.equal(first[2], second[2])
 
 
-def test_seed_everything_sets_and_resets_determinism_flags():
-    seed_everything(0, deterministic=True)
-    try:
-        assert torch.are_deterministic_algorithms_enabled()
-        assert torch.backends.cudnn.deterministic is True
-        assert torch.backends.cudnn.benchmark is False
-    finally:
-        seed_everything(0, deterministic=False)
-    assert not torch.are_deterministic_algorithms_enabled()
-    assert torch.backends.cudnn.deterministic is False
-
-
 @pytest.mark.parametrize(
     "bad, error", [(-1, ValueError), (2**32, ValueError), (1.5, TypeError), (True, TypeError)]
 )
@@ -47,6 +36,7 @@ def test_seed_everything_rejects_bad_seeds(bad, error):
 
 
 def test_get_device_follows_cuda_availability(monkeypatch):
+    assert cp.get_device is get_device  # the name every notebook calls
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert get_device() == torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -82,8 +72,10 @@ def test_clone_model_copies_a_pruned_model_independently():
     with torch.no_grad():
         twin.weight_orig.add_(1.0)
     assert not torch.equal(twin.weight_orig, layer.weight_orig)
+    # The clone's own hook computes its output: (weight_orig + 1) * mask adds x @ mask.T.
     x = torch.rand(2, 6)
-    assert torch.equal((twin(x) - layer(x)) != 0, (twin(x) - layer(x)) != 0)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x) - layer(x), x @ layer.weight_mask.T)
     assert torch.equal(twin.weight_mask, layer.weight_mask)
     with pytest.raises(TypeError, match="model"):
         clone_model("model")
