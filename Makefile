@@ -44,8 +44,8 @@ lint: $(STAMP)  ## ruff lint and format check over the package, tests, benchmark
 unit: data  ## unit, property and doctest tests
 	MPLBACKEND=Agg $(BIN)/python -m pytest tests companion --doctest-modules -q
 
+# The kernel must use the inline backend (figures are outputs), whatever MPLBACKEND says.
 nbval: data  ## re-execute every notebook and compare with its stored outputs (strict)
-	# The kernel must use the inline backend (figures are outputs), whatever MPLBACKEND says.
 	env -u MPLBACKEND $(BIN)/python -m pytest --nbval --nbval-current-env --nbval-cell-timeout=900 \
 	    --nbval-sanitize-with book/nbval_sanitize.cfg -p no:cacheprovider $(NOTEBOOKS) -q
 
