@@ -45,7 +45,7 @@ def main() -> None:
     masks = cp.pruning.magnitude_masks(masked, args.amount, structured=True, norm=2)
     cp.pruning.apply_masks(masked, masks)
     cp.train(masked, train_set, epochs=2, lr=0.01, momentum=0.9, batch_size=128, progress=False)
-    shrunk = cp.surgery.shrink(cp.pruning.make_permanent(cp.utils.clone_model(masked)))
+    shrunk = cp.surgery.shrink(masked)
 
     models = {"dense": dense, "masked": masked, "shrunk": shrunk}
     print(
