@@ -32,6 +32,7 @@ _SUBMODULES = (
     "pruning",
     "report",
     "soft",
+    "stats",
     "surgery",
     "training",
     "utils",
@@ -52,6 +53,10 @@ _SHORTCUTS = {
     "sparsity": "metrics",
     "get_device": "utils",
     "seed_everything": "utils",
+    "book_seeds": "utils",
+    "summarize": "stats",
+    "paired_difference": "stats",
+    "over_seeds": "stats",
 }
 
 __all__ = [*_SUBMODULES, *_SHORTCUTS]

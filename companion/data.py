@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from .utils import _check_generator, check_in_range, check_positive_int
+from .utils import _check_generator, check_in_range, check_positive_int, make_generator
 
 __all__ = [
     "MNIST_SHA256",
@@ -391,7 +391,8 @@ def train_val_split(
         dataset: The data set to split.
         val_fraction: Fraction held out, in ``(0, 1)``; the default keeps
             5,000 of MNIST's 60,000 training images for validation.
-        seed: Seed of the permutation (an int >= 0), so the split is the same every run.
+        seed: Logical seed of the permutation (an int >= 0; the generator gets
+            ``seed + COMPANION_SEED_BASE``), so the split is the same every run.
 
     Returns:
         ``(train, val)`` as :class:`~torch.utils.data.TensorDataset` objects.
@@ -408,8 +409,7 @@ def train_val_split(
     n_val = round(n * val_fraction)
     if n_val == 0 or n_val == n:
         raise ValueError(f"val_fraction={val_fraction} leaves an empty part of a data set of {n}")
-    check_positive_int("seed", seed, allow_zero=True)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(n, generator=make_generator(seed))
     order = order.to(dataset.tensors[0].device)
     val_idx, train_idx = order[:n_val], order[n_val:]
     return (

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from .stats import Summary
 from .utils import check_positive_int, clone_model
 
 __all__ = [
@@ -493,7 +494,8 @@ class Table:
 
     Args:
         rows: One mapping per row; the keys of the first row are the columns.
-        formats: Optional ``{column: format spec}``, e.g. ``{"accuracy": ".2%"}``.
+        formats: Optional ``{column: format spec}``, e.g. ``{"accuracy": ".2%"}``; a
+            :class:`companion.stats.Summary` cell prints as ``97.71 ± 0.06% (n=5)``.
 
     Example:
         >>> print(Table([{"model": "a", "params": 10}, {"model": "bb", "params": 2}]))
@@ -513,8 +515,10 @@ class Table:
         if value is None:
             return "n/a"
         spec = self.formats.get(column)
-        if spec is not None and isinstance(value, (int, float)):
-            return format(value, spec)
+        if spec is not None and isinstance(value, (int, float, Summary)):
+            return format(value, spec)  # a Summary prints "mean ± half-width (n=...)"
+        if isinstance(value, Summary):
+            return str(value)
         if isinstance(value, float):
             return f"{value:.4g}"
         return str(value)
@@ -526,7 +530,8 @@ class Table:
         grid = [self.columns, *self._grid()]
         widths = [max(len(r[i]) for r in grid) for i in range(len(self.columns))]
         numeric = [
-            all(isinstance(row.get(c), (int, float)) for row in self.rows) for c in self.columns
+            all(isinstance(row.get(c), (int, float, Summary)) for row in self.rows)
+            for c in self.columns
         ]
         lines = []
         for r in grid:

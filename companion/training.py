@@ -18,7 +18,7 @@ from torch.utils.data import TensorDataset
 
 from .data import _check_dataset, iterate_batches, num_batches
 from .metrics import refresh_masked_weights
-from .utils import _check_callable, check_in_range, check_positive_int
+from .utils import _check_callable, actual_seed, check_in_range, check_positive_int
 
 __all__ = ["train", "evaluate", "predict", "make_optimizer", "History", "LossFn"]
 
@@ -161,8 +161,9 @@ def train(
         loss_fn: ``loss_fn(logits, batch)`` replacing the cross-entropy;
             ``batch`` is the tuple of the data set's tensors for the step.
         eval_set: Evaluated with :func:`evaluate` after every epoch.
-        seed: Seeds the shuffling order (one ``torch.Generator``), so two
-            calls with the same seed visit the data in the same order.
+        seed: Logical seed of the shuffling order (one ``torch.Generator``
+            seeded with ``seed + COMPANION_SEED_BASE``), so two calls with the
+            same seed visit the data in the same order.
         on_step: Called after every optimizer step with the global step (from 1).
         on_epoch_end: Called after every epoch with the epoch (from 1),
             before ``eval_set`` is evaluated.
@@ -197,7 +198,7 @@ def train(
     _check_device(model, dataset.tensors[0], "dataset")
     check_positive_int("epochs", epochs)
     check_positive_int("batch_size", batch_size)
-    check_positive_int("seed", seed, allow_zero=True)
+    shuffle_seed = actual_seed(seed)
     check_in_range("penalty_weight", penalty_weight, 0.0, float("inf"), high_inclusive=False)
     for name, value in (
         ("penalty", penalty),
@@ -218,7 +219,7 @@ def train(
         )
     check_targets = loss_fn is None  # the default cross-entropy needs class indices in range
     loss_fn = loss_fn or _cross_entropy
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(shuffle_seed)
     history: History = {"epoch": [], "loss": [], "train_accuracy": [], "seconds": []}
     if eval_set is not None:
         history["eval_loss"], history["eval_accuracy"] = [], []

@@ -12,7 +12,22 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "get_device", "clone_model", "check_in_range", "check_positive_int"]
+__all__ = [
+    "SEED_BASE_ENV",
+    "seed_base",
+    "actual_seed",
+    "book_seeds",
+    "make_generator",
+    "seed_everything",
+    "get_device",
+    "clone_model",
+    "check_in_range",
+    "check_positive_int",
+]
+
+#: Environment variable that shifts every seed the book uses (default 0).
+SEED_BASE_ENV = "COMPANION_SEED_BASE"
+_MAX_SEED = 2**32 - 1
 
 
 def check_in_range(
@@ -98,11 +113,121 @@ def _check_callable(name: str, value: object) -> None:
         raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, NumPy and PyTorch (CPU and every CUDA device).
+def seed_base() -> int:
+    """The shift that ``COMPANION_SEED_BASE`` applies to every seed (0 when unset).
+
+    Every seed argument in ``companion`` (``seed_everything``, ``train``'s
+    shuffling seed, ``make_generator``, ``train_val_split``) is a *logical*
+    seed; the random number generators receive ``seed + seed_base()``. Setting
+    ``COMPANION_SEED_BASE=1000`` therefore re-runs the whole book on a disjoint
+    set of seeds without editing a notebook (``make robust``).
+
+    Returns:
+        The integer read from the environment at call time.
+
+    Raises:
+        ValueError: If the variable is set but is not an integer in
+            ``[0, 2**31]``.
+
+    Example:
+        >>> import os
+        >>> os.environ.pop("COMPANION_SEED_BASE", None) and None
+        >>> seed_base()
+        0
+    """
+    raw = os.environ.get(SEED_BASE_ENV, "").strip()
+    if not raw:
+        return 0
+    try:
+        base = int(raw)
+    except ValueError:
+        raise ValueError(
+            f"{SEED_BASE_ENV} must be an integer in [0, 2**31], got {raw!r}; unset it for the "
+            "book's own seeds"
+        ) from None
+    if not 0 <= base <= 2**31:
+        raise ValueError(f"{SEED_BASE_ENV} must be an integer in [0, 2**31], got {base}")
+    return base
+
+
+def actual_seed(seed: int, name: str = "seed") -> int:
+    """The seed a random number generator receives for logical ``seed``: ``seed + seed_base()``.
 
     Args:
-        seed: A non-negative integer below ``2**32``.
+        seed: A logical seed, an integer >= 0.
+        name: The argument's name for error messages.
+
+    Returns:
+        ``seed + seed_base()``.
+
+    Raises:
+        TypeError: If ``seed`` is not an int.
+        ValueError: If ``seed`` is negative or the shifted seed exceeds ``2**32 - 1``.
+
+    Example:
+        >>> actual_seed(3) == 3 + seed_base()
+        True
+    """
+    check_positive_int(name, seed, allow_zero=True)
+    shifted = int(seed) + seed_base()
+    if shifted > _MAX_SEED:
+        raise ValueError(
+            f"{name} must be in [0, 2**32 - 1] after adding {SEED_BASE_ENV}={seed_base()}, "
+            f"got {seed}"
+        )
+    return shifted
+
+
+def book_seeds(n: int) -> list[int]:
+    """The book's seeds for an experiment repeated ``n`` times: ``[0, 1, ..., n - 1]``.
+
+    They are logical seeds: ``seed_everything``, ``train`` and
+    ``make_generator`` add ``COMPANION_SEED_BASE`` when they use them, so a
+    shifted run needs no change in the caller.
+
+    Args:
+        n: How many seeds, >= 1.
+
+    Returns:
+        A list of ``n`` distinct seeds.
+
+    Raises:
+        TypeError, ValueError: If ``n`` is not a positive int.
+
+    Example:
+        >>> book_seeds(3)
+        [0, 1, 2]
+    """
+    return list(range(check_positive_int("n", n)))
+
+
+def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A ``torch.Generator`` seeded with ``actual_seed(seed)`` (for random masks and splits).
+
+    Args:
+        seed: A logical seed, an integer >= 0.
+        device: The generator's device.
+
+    Returns:
+        The seeded generator.
+
+    Raises:
+        TypeError, ValueError: As :func:`actual_seed`.
+
+    Example:
+        >>> a = torch.rand(2, generator=make_generator(7))
+        >>> torch.equal(a, torch.rand(2, generator=make_generator(7)))
+        True
+    """
+    return torch.Generator(device=device).manual_seed(actual_seed(seed))
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and every CUDA device) with ``actual_seed(seed)``.
+
+    Args:
+        seed: A logical seed, a non-negative integer; the generators receive
+            ``seed + COMPANION_SEED_BASE`` (see :func:`seed_base`).
         deterministic: Also ask PyTorch for deterministic kernels
             (``torch.use_deterministic_algorithms(True)``, cuDNN deterministic
             and non-benchmarking) and set ``CUBLAS_WORKSPACE_CONFIG`` so that
@@ -111,7 +236,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
     Raises:
         TypeError: If ``seed`` is not an int.
-        ValueError: If ``seed`` is outside ``[0, 2**32 - 1]``.
+        ValueError: If ``seed`` is negative or the shifted seed exceeds ``2**32 - 1``.
 
     Example:
         >>> seed_everything(0)
@@ -120,9 +245,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         >>> torch.equal(a, torch.rand(2))
         True
     """
-    check_positive_int("seed", seed, allow_zero=True)
-    if seed > 2**32 - 1:
-        raise ValueError(f"seed must be in [0, 2**32 - 1], got {seed}")
+    seed = actual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - seeding the legacy global generator is the point
     torch.manual_seed(seed)  # also seeds every CUDA device

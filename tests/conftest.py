@@ -16,6 +16,12 @@ os.environ.setdefault("COMPANION_DATA", str(REPO / "data"))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+@pytest.fixture(autouse=True)
+def _book_seeds(monkeypatch) -> None:
+    """Unit tests use the book's own seeds, whatever COMPANION_SEED_BASE the shell sets."""
+    monkeypatch.delenv(cp.utils.SEED_BASE_ENV, raising=False)
+
+
 @pytest.fixture(scope="session")
 def mnist() -> tuple[TensorDataset, TensorDataset]:
     """The real MNIST split on the CPU; fails with the fetch command if it is missing."""
