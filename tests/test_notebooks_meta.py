@@ -40,7 +40,7 @@ GITHUB = re.compile(r"github\.com/([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)")
 COLAB_GITHUB = re.compile(r"colab\.research\.google\.com/github/([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)/")
 
 # Cells with a top-level assert that readers are meant to see, {(notebook stem, cell index): why}.
-# Every other cell with a top-level assert must be tagged remove-cell (the hidden checks).
+# Every other check cell must be tagged hide-input (shown collapsed; readers can open it).
 VISIBLE_TEACHING_ASSERTS: dict[tuple[str, int], str] = {}
 
 LOCAL_PATH = re.compile(r"(?<![\w/.:~-])/(?:work|tmp|home)(?:/|\b)|\b[A-Za-z]:\\")
@@ -248,22 +248,43 @@ def test_every_cell_calling_plt_show_has_a_png_output(path):
             assert "image/png" in mimes, f"{path.name} cell {i}: plt.show() but no image/png output"
 
 
+CHECK_CALL = re.compile(r"\bcp\.stats\.check(?:_better|_within|_below)?\(")
+
+
 @notebook_params()
-def test_cells_with_top_level_asserts_are_hidden_or_teaching(path):
-    hidden = []
+def test_claim_checks_are_shown_collapsed_never_removed(path):
+    """A check cell (top-level assert or cp.stats.check*) is tagged hide-input: readers can open it."""
     for i, cell in code_cells(path):
-        tree = ast.parse(without_magics(source(cell)))
-        if not any(isinstance(node, ast.Assert) for node in tree.body):
-            continue
+        code = source(cell)
+        tree = ast.parse(without_magics(code))
+        is_check = any(isinstance(node, ast.Assert) for node in tree.body) or CHECK_CALL.search(
+            code
+        )
         if "remove-cell" in tags(cell):
-            hidden.append(i)
-        else:
-            assert (path.stem, i) in VISIBLE_TEACHING_ASSERTS, (
-                f"{path.name} cell {i}: a top-level assert in a visible cell; tag it remove-cell "
-                "or list it in VISIBLE_TEACHING_ASSERTS with the reason"
+            assert not is_check, (
+                f"{path.name} cell {i}: a claim's check is removed from the book; tag it hide-input "
+                "so that readers can open it"
             )
-    listed = {i for (stem, i) in VISIBLE_TEACHING_ASSERTS if stem == path.stem}
-    assert not listed & set(hidden), f"{path.name}: cells {listed & set(hidden)} are hidden"
+        if is_check and (path.stem, i) not in VISIBLE_TEACHING_ASSERTS:
+            assert "hide-input" in tags(cell), (
+                f"{path.name} cell {i}: a check cell must be tagged hide-input (shown collapsed), "
+                "or listed in VISIBLE_TEACHING_ASSERTS with the reason"
+            )
+
+
+@notebook_params()
+def test_check_cells_say_what_they_verified(path):
+    """Every hide-input check cell that uses cp.stats.check* prints 'check passed: ...'."""
+    for i, cell in code_cells(path):
+        if CHECK_CALL.search(source(cell)):
+            text = "".join(
+                "".join(o.get("text", ""))
+                for o in cell.get("outputs", [])
+                if o.get("name") == "stdout"
+            )
+            assert "check passed: " in text, (
+                f"{path.name} cell {i}: no 'check passed' output stored"
+            )
 
 
 # --------------------------------------------------------------------------- closing and citations
