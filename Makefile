@@ -1,7 +1,7 @@
 # Two commands matter (see README.md):
 #   make book   build the HTML book into _build/html from the stored, executed notebooks
-#   make test   lint, unit tests, nbval re-execution of every notebook in book/, and the browser
-#               check of the built book
+#   make test   lint, unit tests, the simulated Colab install, nbval re-execution of every notebook
+#               in book/, and the browser check of the built book
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -14,7 +14,7 @@ export PYTHONHASHSEED := 0
 
 NOTEBOOKS := $(sort $(wildcard book/[0-9][0-9]_*.ipynb))
 
-.PHONY: help venv data results book chromium browser test lint unit nbval robust execute clean
+.PHONY: help venv data results book chromium browser test lint unit nbval robust execute colab gpu clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -62,7 +62,17 @@ chromium:  ## install Debian's chromium with apt-get, only if no chromium is on 
 browser: book chromium  ## open every page in headless Chromium (or Chrome): errors, outputs, figures, badges, math
 	$(BIN)/python tools/browser_check.py
 
-test: lint unit nbval browser  ## everything CI runs: lint, unit tests, notebooks, the built book
+# The Colab path: a fresh venv with only torch/torchvision (linked from .venv), pip installing the
+# package from git+file://<this checkout>@HEAD (committed state; dependencies from PyPI), then each
+# notebook's install cell and its imports/device/data cell in an IPython kernel there.
+colab: data  ## simulate Colab: install HEAD from a git URL into a fresh venv, run every notebook's first cells
+	$(BIN)/python tools/colab_check.py
+
+# On a machine with an NVIDIA GPU (fails at once without CUDA); summary in _build/gpu_check/.
+gpu: data  ## CUDA-only tests + every notebook through nbval on the GPU, timed (8-minute budget)
+	env -u MPLBACKEND $(BIN)/python tools/gpu_check.py
+
+test: lint unit colab nbval browser  ## everything CI runs: lint, unit tests, the Colab path, notebooks, the built book
 
 execute: data  ## (authors) re-execute every notebook in place and store its outputs
 	env -u MPLBACKEND $(BIN)/python tools/execute_notebooks.py $(NOTEBOOKS)

@@ -1,10 +1,12 @@
 """Colab readiness and hygiene of the stored chapter notebooks (fast: nothing is executed).
 
 Every ``book/NN_*.ipynb`` that exists is checked: the title cell and its Colab badge, the stated
-run times, the Colab-only pinned install cell, the device choice, local paths, execution order and
+run times, the Colab-only install cell, the device choice, local paths, execution order and
 outputs, figures, hidden assert cells, the closing sections and the citation keys. The repository
-URL has one source of truth, ``_config.yml``; README.md, pyproject.toml, book/intro.md and the
-notebooks must name the same repository. The last tests cover ``tools/build_results_table.py``.
+URL and branch have one source of truth, ``_config.yml``; README.md, pyproject.toml, book/intro.md
+and the notebooks must name the same repository, and every install cell installs the branch its
+badge opens. The version has one source of truth, ``companion.__version__``. The last tests cover
+``tools/build_results_table.py``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 import sys
 import types
 from functools import cache
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -45,8 +48,16 @@ VISIBLE_TEACHING_ASSERTS: dict[tuple[str, int], str] = {}
 
 LOCAL_PATH = re.compile(r"(?<![\w/.:~-])/(?:work|tmp|home)(?:/|\b)|\b[A-Za-z]:\\")
 COLAB_GUARD = 'if "google.colab" in sys.modules:'
-PINNED_INSTALL = re.compile(
-    r"git\+https://github\.com/" + re.escape(SLUG) + r"(?:\.git)?@(?:v\d[\w.+-]*|[0-9a-f]{40})\b"
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+DIST_NAME = PYPROJECT["project"]["name"]
+# The install spec of a setup cell: "<distribution> @ git+<repository>@<ref>", ref captured.
+INSTALL = re.compile(
+    r'"(?P<dist>[\w.-]+) @ git\+https://github\.com/(?P<slug>[\w.-]+/[\w.-]+?)(?:\.git)?'
+    r'@(?P<ref>[^"\s]+)"'
+)
+BADGE_REF = re.compile(
+    r"colab\.research\.google\.com/github/(?P<slug>[\w.-]+/[\w.-]+)/blob/(?P<ref>[^/\s)]+)/"
+    r"(?P<path>[^\s)]+)"
 )
 MAGIC = re.compile(r"^(\s*)([%!].*)$")
 
@@ -155,7 +166,8 @@ def test_states_the_expected_run_time_on_cpu_and_on_gpu(path):
 
 
 @notebook_params()
-def test_setup_cell_installs_only_on_colab_and_pins_a_tag_or_commit(path):
+def test_setup_cell_installs_only_on_colab_the_branch_its_badge_opens(path):
+    """install ref == the badge's ref == the branch of _config.yml (CONTRIBUTING: "What Colab installs")."""
     code = setup_cell(path)
     assert COLAB_GUARD in code, f"{path.name}: the first code cell must test {COLAB_GUARD!r}"
     installs = [line for line in code.splitlines() if re.search(r"\bpip\b.*\binstall\b", line)]
@@ -172,11 +184,54 @@ def test_setup_cell_installs_only_on_colab_and_pins_a_tag_or_commit(path):
         if isinstance(call, ast.Call) and ast.unparse(call.func) == "_magic_":
             line = call.args[0].value
             assert id(call) in guarded, f"{path.name}: {line!r} runs outside {COLAB_GUARD!r}"
+    badges = [m for m in BADGE_REF.finditer(source(load(path)["cells"][0]))]
+    assert [m["path"] for m in badges] == [f"book/{path.name}"], f"{path.name}: one badge, {badges}"
+    badge_ref = badges[0]["ref"]
+    expected = f'"{DIST_NAME} @ git+{REPO_URL}@{BRANCH}"'
     for line in installs:
-        assert PINNED_INSTALL.search(line), (
-            f"{path.name}: install {line.strip()!r} must name git+{REPO_URL} pinned to a tag "
-            "(@v...) or a 40-hex commit"
+        specs = list(INSTALL.finditer(line))
+        assert len(specs) == 1, f"{path.name}: install {line.strip()!r} must be exactly {expected}"
+        spec = specs[0]
+        assert (spec["dist"], spec["slug"]) == (DIST_NAME, SLUG), (
+            f"{path.name}: installs {spec['dist']} from {spec['slug']}, not {DIST_NAME} from {SLUG}"
         )
+        assert spec["ref"] == badge_ref == BRANCH, (
+            f"{path.name}: the install cell installs @{spec['ref']}, the badge opens @{badge_ref}, "
+            f"_config.yml names branch {BRANCH!r}: all three must agree (install {expected})"
+        )
+
+
+def test_contributing_shows_the_install_line_the_notebooks_use():
+    text = (REPO / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    for path in NOTEBOOKS:
+        for line in setup_cell(path).splitlines():
+            if "pip" in line and "install" in line:
+                assert line.strip() in text, f"CONTRIBUTING.md does not show {line.strip()!r}"
+    assert "release tag" not in (REPO / "README.md").read_text(encoding="utf-8"), (
+        "README.md still says Colab installs a release tag"
+    )
+
+
+# --------------------------------------------------------------------------- one version
+
+
+def test_the_version_has_one_source_companion_version():
+    project = PYPROJECT["project"]
+    assert "version" not in project, "pyproject.toml must not repeat the version"
+    assert "version" in project.get("dynamic", []), "pyproject.toml: dynamic = ['version']"
+    attr = PYPROJECT["tool"]["setuptools"]["dynamic"]["version"]
+    assert attr == {"attr": "companion.__version__"}, attr
+    assert re.fullmatch(r"\d+\.\d+\.\d+(?:(?:a|b|rc)\d+)?(?:\.dev\d+)?", cp.__version__), (
+        cp.__version__
+    )
+
+
+def test_installed_metadata_version_is_companion_version():
+    installed = metadata.version(DIST_NAME)
+    assert installed == cp.__version__, (
+        f"installed {DIST_NAME} {installed} but companion.__version__ is {cp.__version__}: "
+        "reinstall (.venv/bin/pip install -e '.[book,test]' or touch pyproject.toml && make venv)"
+    )
 
 
 @notebook_params()
