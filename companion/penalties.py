@@ -19,7 +19,13 @@ from torch import nn
 from .metrics import prunable_layers
 from .utils import check_in_range
 
-__all__ = ["l1_penalty", "l2_penalty", "group_lasso_penalty", "soft_threshold_"]
+__all__ = [
+    "l1_penalty",
+    "l2_penalty",
+    "group_lasso_penalty",
+    "soft_threshold_",
+    "group_soft_threshold_",
+]
 
 
 def _tensors(model: nn.Module, include_bias: bool) -> list[torch.Tensor]:
@@ -141,3 +147,64 @@ def soft_threshold_(model: nn.Module, threshold: float) -> int:
             )
         zeros += int((module.weight == 0).sum())
     return zeros
+
+
+@torch.no_grad()
+def group_soft_threshold_(model: nn.Module, threshold: float) -> int:
+    r"""In-place proximal step of the group lasso over hidden neurons (block soft threshold).
+
+    Each group :math:`g` is one row of a hidden layer's weight (the incoming
+    weights of one neuron; one filter of a convolution):
+
+    .. math:: w_g \leftarrow w_g \cdot \max\Big(0,\ 1 - \frac{\tau}{\lVert w_g \rVert_2}\Big)
+
+    with :math:`\tau = \eta\lambda` (learning rate times penalty weight) after a
+    gradient step on the loss alone. A row whose norm is at most :math:`\tau`
+    becomes *exactly* zero, which the subgradient of
+    :func:`group_lasso_penalty` never achieves, so
+    :func:`companion.surgery.shrink` can then remove the neuron. The last
+    prunable layer (the output layer: its rows are the classes) is left
+    alone. For a pruned layer the row norm is that of the effective (masked)
+    weight and the stored ``weight_orig`` is scaled.
+
+    Args:
+        model: The network, modified in place; it needs at least two prunable layers.
+        threshold: :math:`\tau \ge 0`.
+
+    Returns:
+        The number of hidden neurons whose incoming weights are exactly zero afterwards.
+
+    Raises:
+        ValueError: If ``threshold`` is negative or not finite, or the model has
+            fewer than two Linear or Conv layers (no hidden layer to threshold).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.copy_(torch.tensor([[3.0, 4.0], [0.3, 0.4]]))
+        >>> group_soft_threshold_(net, 1.0)
+        1
+        >>> net[0].weight.tolist()
+        [[2.4000000953674316, 3.200000047683716], [0.0, 0.0]]
+    """
+    check_in_range("threshold", threshold, 0.0, float("inf"), high_inclusive=False)
+    layers = list(prunable_layers(model).values())
+    if len(layers) < 2:
+        raise ValueError(
+            "model needs at least two prunable (Linear or Conv) layers: the output layer's rows "
+            f"are classes and are not thresholded, got {len(layers)} layer(s)"
+        )
+    zero_rows = 0
+    for module in layers[:-1]:
+        masked = hasattr(module, "weight_orig")
+        weight = module.weight_orig * module.weight_mask if masked else module.weight
+        norms = weight.flatten(1).norm(dim=1)
+        scale = (1 - threshold / norms.clamp_min(torch.finfo(norms.dtype).tiny)).clamp_min(0)
+        scale = scale.view(-1, *([1] * (weight.dim() - 1)))
+        if masked:
+            module.weight_orig.mul_(scale)
+            module.weight = module.weight_orig * module.weight_mask
+        else:
+            module.weight.mul_(scale)
+        zero_rows += int((module.weight.flatten(1).abs().sum(1) == 0).sum())
+    return zero_rows

@@ -85,3 +85,67 @@ def test_model_without_prunable_layers():
     for fn in (l1_penalty, l2_penalty, group_lasso_penalty):
         with pytest.raises(ValueError, match="no prunable"):
             fn(nn.ReLU())
+
+
+# --------------------------------------------------------------------------- group soft threshold
+from companion.penalties import group_soft_threshold_  # noqa: E402
+from companion.surgery import shrink  # noqa: E402
+
+
+def test_group_soft_threshold_matches_its_formula_and_leaves_the_output_layer(net):
+    w1, w2 = net.fc1.weight.detach().clone(), net.fc2.weight.detach().clone()
+    tau = float(w1.norm(dim=1).median())
+    zero_rows = group_soft_threshold_(net, tau)
+    norms = w1.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(net.fc1.weight.detach(), w1 * (1 - tau / norms).clamp_min(0))
+    assert torch.equal(net.fc2.weight.detach(), w2)  # class rows are never thresholded
+    assert zero_rows == int((norms <= tau).sum()) >= 1
+
+
+def test_group_soft_threshold_makes_exact_zero_rows_that_shrink_removes():
+    torch.manual_seed(0)
+    net = MLP((6, 8, 5, 3))
+    norms = net.fc1.weight.detach().norm(dim=1)
+    tau = float(norms.sort().values[3])  # the 4 weakest rows of fc1 (and some of fc2) die
+    zero_rows = group_soft_threshold_(net, tau)
+    dead1 = int((net.fc1.weight.detach().abs().sum(1) == 0).sum())
+    dead2 = int((net.fc2.weight.detach().abs().sum(1) == 0).sum())
+    assert dead1 == 4 and zero_rows == dead1 + dead2
+    small = shrink(net)
+    assert small.sizes == (6, 8 - dead1, max(5 - dead2, 1), 3)
+    x = torch.rand(7, 6)
+    torch.testing.assert_close(small(x), net(x), atol=1e-6, rtol=0)
+
+
+def test_subgradient_of_group_lasso_leaves_no_zero_rows():
+    torch.manual_seed(0)
+    net = MLP((4, 6, 2))
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    for _ in range(200):
+        opt.zero_grad()
+        group_lasso_penalty(net).backward()
+        opt.step()
+    assert int((net.fc1.weight.detach().abs().sum(1) == 0).sum()) == 0
+
+
+def test_group_soft_threshold_on_masked_layer_scales_weight_orig():
+    net = MLP((2, 2, 1))
+    with torch.no_grad():
+        net.fc1.weight.copy_(torch.tensor([[3.0, 4.0], [0.3, 0.4]]))
+    prune.custom_from_mask(net.fc1, "weight", torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+    assert group_soft_threshold_(net, 1.0) == 1  # row 0's effective norm is 3: scaled by 2/3
+    torch.testing.assert_close(
+        net.fc1.weight_orig.detach(), torch.tensor([[2.0, 8 / 3], [0.0, 0.0]])
+    )
+    torch.testing.assert_close(net.fc1.weight.detach(), torch.tensor([[2.0, 0.0], [0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf")])
+def test_group_soft_threshold_rejects_bad_threshold(net, bad):
+    with pytest.raises(ValueError, match="threshold"):
+        group_soft_threshold_(net, bad)
+
+
+def test_group_soft_threshold_needs_a_hidden_layer():
+    with pytest.raises(ValueError, match="at least two"):
+        group_soft_threshold_(nn.Linear(3, 2), 0.1)
