@@ -39,6 +39,7 @@ import sysconfig
 import tempfile
 import time
 import venv
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -315,7 +316,11 @@ def run_first_cells(
     ]
     sim = nbformat.v4.new_notebook(cells=cells)
     client = NotebookClient(
-        sim, timeout=900, kernel_name=KERNEL, resources={"metadata": {"path": str(cwd)}}
+        sim,
+        timeout=900,
+        kernel_name=KERNEL,
+        record_timing=True,
+        resources={"metadata": {"path": str(cwd)}},
     )
     try:
         client.execute()
@@ -329,7 +334,18 @@ def run_first_cells(
     joined = "".join("".join(o.get("text", "")) for c in sim.cells for o in c.outputs)
     install = json.loads(re.search(r"^COLAB_CHECK (.*)$", joined, flags=re.MULTILINE)[1])
     device = re.search(r"^COLAB_CHECK_DEVICE (.*)$", joined, flags=re.MULTILINE)[1]
+    install["seconds"] = {
+        part: _seconds(sim.cells[i]) for part, i in (("install cell", 1), ("first cell", 3))
+    }
     return install, device
+
+
+def _seconds(cell) -> float:
+    timing = cell.metadata.get("execution", {})
+    start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
+    if not (start and end):
+        return float("nan")
+    return (datetime.fromisoformat(end[:26]) - datetime.fromisoformat(start[:26])).total_seconds()
 
 
 def check_install(install: dict, name: str, sha: str, repo: Path, overlay: Path) -> list[str]:
@@ -414,9 +430,10 @@ def main(argv: list[str] | None = None) -> int:
             found = check_install(install, name, sha, REPO, work / "dist-packages")
             problems += found
             status = "FAILED" if found else "ok"
+            parts = ", ".join(f"{k} {v:.1f} s" for k, v in install["seconds"].items())
             print(
                 f"  {name}: {status}, companion {install['version']}, device {device} "
-                f"({time.perf_counter() - t0:.1f} s)",
+                f"({time.perf_counter() - t0:.1f} s: {parts})",
                 flush=True,
             )
         pip_installed = installed_by_pip(python)
