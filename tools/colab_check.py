@@ -325,11 +325,7 @@ def run_first_cells(
     try:
         client.execute()
     except Exception as exc:  # what pip and the cells printed says why
-        printed = "".join(
-            "".join(o.get("text", "")) + "".join(o.get("traceback", []))
-            for c in sim.cells
-            for o in c.outputs
-        )
+        printed = "".join("".join(o.get("text", "")) for c in sim.cells for o in c.outputs)
         raise RuntimeError(f"{exc}\n--- the cells printed:\n{printed[-4000:]}") from exc
     joined = "".join("".join(o.get("text", "")) for c in sim.cells for o in c.outputs)
     install = json.loads(re.search(r"^COLAB_CHECK (.*)$", joined, flags=re.MULTILINE)[1])
