@@ -15,23 +15,44 @@ Three tools, all driven by :func:`companion.training.train`'s callbacks:
 
   raising the sparsity quickly while many redundant weights remain and slowly
   near the target. Pruned weights are masked (hard) here; what is gradual is
-  the schedule.
+  the schedule. Given the optimizer, it also clears the momentum that the
+  pruned weights had built up (:func:`clear_pruned_momentum_`).
 * :func:`save_sparse` / :func:`load_sparse`, compressed sparse row (CSR)
   storage of a pruned model's nonzero weights: what zeros buy on disk.
+
+The experiment protocols of chapter 3 run one arm of a comparison for one
+seed; the chapter repeats them over seeds with
+:func:`companion.stats.over_seeds` and compares arms with paired intervals.
+Arms that share a seed share the initialisation and the data order.
+
+* :func:`train_with_penalty`: the article network with an L2 penalty, weight
+  decay or the L1 proximal step;
+* :func:`train_reference`: the dense reference, with copies at chosen epochs;
+* :func:`soft_from_scratch`: :class:`SoftPruner` while training from scratch;
+* :func:`prune_and_finetune`: one-shot, gradual or soft pruning of a trained
+  network with a fixed training budget;
+* :func:`zeroed_neuron_gradients`: which zeroed ReLU neurons get gradient;
+* :func:`latency_rounds`: interleaved per-round latencies, for paired intervals.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import TensorDataset
 
+from .data import num_batches
 from .io import ModelFileError, atomic_write, read_archive
-from .metrics import effective_weights, prunable_layers
+from .metrics import effective_weights, latency, prunable_layers
+from .models import article_mlp, lenet_300_100
+from .penalties import l2_penalty, soft_threshold_
 from .pruning import (
     Scope,
     _check_norm,
@@ -41,15 +62,24 @@ from .pruning import (
     magnitude_masks,
     make_permanent,
 )
-from .utils import check_in_range, check_positive_int
+from .training import evaluate, make_optimizer, train
+from .utils import check_in_range, check_positive_int, clone_model, seed_everything
 
 __all__ = [
     "cubic_sparsity",
     "SoftPruner",
     "GradualPruner",
+    "clear_pruned_momentum_",
     "save_sparse",
     "load_sparse",
     "SPARSE_FORMAT",
+    "train_with_penalty",
+    "train_reference",
+    "soft_from_scratch",
+    "prune_and_finetune",
+    "zeroed_neuron_gradients",
+    "latency_rounds",
+    "METHODS",
 ]
 
 SPARSE_FORMAT = "companion-sparse"
@@ -214,11 +244,20 @@ class GradualPruner:
         every: Steps between mask updates :math:`\\Delta t` (>= 1).
         scope: ``"layer"`` or ``"global"``.
         structured: Prune whole output neurons.
+        optimizer: The optimizer that trains ``model`` (pass the same instance
+            to :func:`~companion.training.train` with ``optimizer=``). If
+            given, every mask update also clears the optimizer's momentum at
+            the pruned positions (:func:`clear_pruned_momentum_`). Without
+            it, a momentum buffer built before a weight was pruned keeps
+            moving that weight's stored value in ``weight_orig`` for a while
+            (the effective weight stays zero, but the value a restore would
+            bring back is no longer the value the weight had when pruned).
 
     Raises:
         ValueError: If an argument is outside its range, or the model has no
             prunable layer (no hidden one when ``structured``).
-        TypeError: If ``model`` is not an ``nn.Module``.
+        TypeError: If ``model`` is not an ``nn.Module``, or ``optimizer`` is
+            neither ``None`` nor a ``torch.optim.Optimizer``.
 
     Example:
         >>> from companion.models import MLP
@@ -242,12 +281,18 @@ class GradualPruner:
         every: int = 1,
         scope: Scope = "layer",
         structured: bool = False,
+        optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         # validates final, initial, start and duration with the schedule's own checks
         cubic_sparsity(start, final=final, initial=initial, start=start, duration=duration)
         check_positive_int("every", every)
         _check_scope(scope)
         _layers(model, structured)
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"optimizer must be None or a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+        self.optimizer = optimizer
         self.model, self.final, self.initial = model, float(final), float(initial)
         self.start, self.duration, self.every = start, duration, every
         self.scope, self.structured = scope, structured
@@ -274,8 +319,72 @@ class GradualPruner:
         amount = self.target(step)
         masks = magnitude_masks(self.model, amount, scope=self.scope, structured=self.structured)
         apply_masks(self.model, masks)
+        if self.optimizer is not None:
+            clear_pruned_momentum_(self.model, self.optimizer)
         self.history["step"].append(step)
         self.history["sparsity"].append(amount)
+
+
+#: Optimizer state entries that move a parameter even when its gradient is zero.
+_MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")
+
+
+@torch.no_grad()
+def clear_pruned_momentum_(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    r"""Zero the optimizer's momentum at the masked positions of every pruned layer, in place.
+
+    A mask stops the gradient, :math:`\partial L/\partial w_{orig} = m \odot
+    \partial L/\partial w`, but not momentum. SGD with momentum :math:`\mu`
+    updates :math:`b \leftarrow \mu b + g` and
+    :math:`w_{orig} \leftarrow w_{orig} - \eta b`, so a buffer :math:`b`
+    built before the mask keeps moving :math:`w_{orig}` where :math:`m = 0`
+    (by :math:`\eta\mu b/(1-\mu)` in total). This multiplies SGD's
+    ``momentum_buffer`` and Adam's ``exp_avg`` of each ``weight_orig`` by its
+    mask (Adam's ``exp_avg_sq`` only scales steps and is left alone).
+
+    Args:
+        model: A model pruned with masks (``weight_orig``/``weight_mask``);
+            unmasked layers are skipped.
+        optimizer: The optimizer training ``model``'s parameters.
+
+    Returns:
+        The number of weight tensors whose momentum was cleared.
+
+    Raises:
+        TypeError: If ``model`` is not an ``nn.Module`` or ``optimizer`` is not
+            a ``torch.optim.Optimizer``.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 1, bias=False))
+        >>> opt = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.5)
+        >>> net[0].weight.grad = torch.ones(1, 2)
+        >>> opt.step()
+        >>> _ = apply_masks(net, {"0": torch.tensor([[0.0, 1.0]])})
+        >>> clear_pruned_momentum_(net, opt)
+        1
+        >>> opt.state[net[0].weight_orig]["momentum_buffer"].tolist()
+        [[0.0, 1.0]]
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    cleared = 0
+    for module in prunable_layers(model).values():
+        mask = getattr(module, "weight_mask", None)
+        orig = getattr(module, "weight_orig", None)
+        if mask is None or orig is None or orig not in optimizer.state:
+            continue
+        touched = False
+        for key in _MOMENTUM_KEYS:
+            buffer = optimizer.state[orig].get(key)
+            if isinstance(buffer, torch.Tensor) and buffer.shape == mask.shape:
+                buffer.mul_(mask)
+                touched = True
+        cleared += touched
+    return cleared
 
 
 # --------------------------------------------------------------------------- sparse storage
@@ -382,3 +491,481 @@ def load_sparse(path: str | os.PathLike, model: nn.Module | None = None) -> dict
                 f"architecture): {error}"
             ) from error
     return state
+
+
+# --------------------------------------------------------------------------- chapter 3 protocols
+
+#: The pruning methods of :func:`prune_and_finetune`.
+METHODS = ("one-shot", "gradual", "soft")
+Method = Literal["one-shot", "gradual", "soft"]
+
+
+def _check_seed(seed: int) -> int:
+    return check_positive_int("seed", seed, allow_zero=True)
+
+
+def _check_lr(lr: float) -> float:
+    return check_in_range("lr", lr, 0.0, float("inf"), low_inclusive=False, high_inclusive=False)
+
+
+def _device_of(dataset: TensorDataset) -> torch.device:
+    if not isinstance(dataset, TensorDataset):
+        raise TypeError(f"dataset must be a TensorDataset, got {type(dataset).__name__}")
+    return dataset.tensors[0].device
+
+
+def train_with_penalty(
+    seed: int,
+    dataset: TensorDataset,
+    *,
+    l2: float = 0.0,
+    l1: float = 0.0,
+    weight_decay: float = 0.0,
+    include_bias: bool = False,
+    epochs: int = 1,
+    lr: float = 0.1,
+    batch_size: int = 128,
+    model_fn: Callable[[], nn.Module] = article_mlp,
+) -> nn.Module:
+    r"""Train a fresh network with plain SGD and at most one kind of weight penalty.
+
+    * ``l2`` = :math:`\lambda`: the penalty :math:`\lambda \sum_i w_i^2` added
+      to the loss (:func:`~companion.penalties.l2_penalty`);
+    * ``weight_decay``: the optimizer's decay, :math:`\text{wd}\cdot w` added
+      to every gradient (biases included), equal to ``l2 = wd / 2`` with
+      ``include_bias=True``;
+    * ``l1`` = :math:`\lambda`: the L1 proximal step, a soft threshold of
+      :math:`\eta\lambda` after every step (:func:`~companion.penalties.soft_threshold_`).
+
+    Args:
+        seed: Logical seed of the initialisation and the data order (>= 0).
+        dataset: Training data (its device is the model's).
+        l2: L2 penalty weight, >= 0.
+        l1: L1 weight of the proximal step, >= 0.
+        weight_decay: The optimizer's weight decay, >= 0.
+        include_bias: Penalise the biases too (``l2`` only).
+        epochs: Passes over ``dataset``, >= 1.
+        lr: SGD learning rate :math:`\eta`, > 0.
+        batch_size: Examples per step, >= 1.
+        model_fn: Builds the untrained network (default: the article's 784-128-10 MLP).
+
+    Returns:
+        The trained model.
+
+    Raises:
+        ValueError: For a negative penalty, more than one penalty at once, or
+            other out-of-range numbers.
+        TypeError: For arguments of the wrong type.
+
+    Example:
+        >>> ds = TensorDataset(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+        >>> net = train_with_penalty(0, ds, l1=1e-2, batch_size=32)
+        >>> bool((net.fc1.weight == 0).any())
+        True
+    """
+    _check_seed(seed)
+    device = _device_of(dataset)
+    for name, value in (("l2", l2), ("l1", l1), ("weight_decay", weight_decay)):
+        check_in_range(name, value, 0.0, float("inf"), high_inclusive=False)
+    if sum(v > 0 for v in (l2, l1, weight_decay)) > 1:
+        raise ValueError(
+            f"use at most one of l2, l1 and weight_decay, got l2={l2}, l1={l1}, "
+            f"weight_decay={weight_decay}"
+        )
+    _check_lr(lr)
+    seed_everything(seed)
+    model = model_fn().to(device)
+    on_step = None
+    if l1 > 0:
+
+        def on_step(_step: int) -> None:
+            soft_threshold_(model, lr * l1)
+
+    train(
+        model,
+        dataset,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        penalty=(lambda m: l2_penalty(m, include_bias=include_bias)) if l2 > 0 else None,
+        penalty_weight=l2,
+        weight_decay=weight_decay,
+        on_step=on_step,
+        seed=seed,
+        progress=False,
+    )
+    return model
+
+
+def train_reference(
+    seed: int,
+    dataset: TensorDataset,
+    *,
+    epochs: int,
+    lr: float,
+    momentum: float = 0.9,
+    batch_size: int = 128,
+    eval_set: TensorDataset | None = None,
+    keep: Sequence[int] = (),
+    model_fn: Callable[[], nn.Module] = lenet_300_100,
+) -> dict[str, object]:
+    """Train the dense reference network for one seed, keeping copies of its weights at some epochs.
+
+    With a constant learning rate, the copy after epoch ``k`` is exactly the
+    network a ``k``-epoch run with the same seed would give, so one run
+    provides references for several budgets.
+
+    Args:
+        seed: Logical seed of the initialisation and the data order (>= 0).
+        dataset: Training data.
+        epochs: Epochs, >= 1.
+        lr: Learning rate, > 0.
+        momentum: SGD momentum, in ``[0, 1)``.
+        batch_size: Examples per step, >= 1.
+        eval_set: Evaluated after every epoch (``history["eval_accuracy"]``).
+        keep: Epochs (each in ``[1, epochs]``) after which a copy of the model is kept.
+        model_fn: Builds the untrained network (default: LeNet-300-100).
+
+    Returns:
+        ``{"model": trained model, "history": train's history,
+        "snapshots": {epoch: copy of the model after that epoch}}``.
+
+    Raises:
+        ValueError: If an epoch in ``keep`` is outside ``[1, epochs]``, or a
+            number is out of range.
+        TypeError: For arguments of the wrong type.
+
+    Example:
+        >>> ds = TensorDataset(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+        >>> run = train_reference(0, ds, epochs=2, lr=0.01, batch_size=32, keep=[1])
+        >>> sorted(run["snapshots"]), run["history"]["epoch"]
+        ([1], [1, 2])
+    """
+    _check_seed(seed)
+    device = _device_of(dataset)
+    check_positive_int("epochs", epochs)
+    _check_lr(lr)
+    keep = [check_positive_int("keep", k) for k in keep]
+    if any(k > epochs for k in keep):
+        raise ValueError(f"keep must hold epochs in [1, {epochs}], got {keep}")
+    seed_everything(seed)
+    model = model_fn().to(device)
+    snapshots: dict[int, nn.Module] = {}
+
+    def on_epoch_end(epoch: int) -> None:
+        if epoch in keep:
+            snapshots[epoch] = clone_model(model)
+
+    history = train(
+        model,
+        dataset,
+        epochs=epochs,
+        lr=lr,
+        momentum=momentum,
+        batch_size=batch_size,
+        eval_set=eval_set,
+        seed=seed,
+        on_epoch_end=on_epoch_end,
+        progress=False,
+    )
+    return {"model": model, "history": history, "snapshots": snapshots}
+
+
+def soft_from_scratch(
+    seed: int,
+    dataset: TensorDataset,
+    *,
+    amount: float,
+    structured: bool = False,
+    scope: Scope = "layer",
+    epochs: int,
+    lr: float,
+    momentum: float = 0.9,
+    batch_size: int = 128,
+    eval_set: TensorDataset | None = None,
+    model_fn: Callable[[], nn.Module] = lenet_300_100,
+) -> dict[str, object]:
+    """Train a fresh network with soft pruning at every epoch end (:class:`~companion.soft.SoftPruner`).
+
+    With the same ``seed`` as :func:`train_reference`, the network starts from
+    the same initialisation and sees the data in the same order, so the two
+    are paired. Unstructured, this is soft *weight* pruning with regrowth;
+    structured, soft filter (neuron) pruning in the sense of He et al. (2018).
+
+    Args:
+        seed: Logical seed of the initialisation and the data order (>= 0).
+        dataset: Training data.
+        amount: Fraction zeroed at every epoch end, in ``[0, 1]``.
+        structured: Zero whole hidden neurons instead of single weights.
+        scope: ``"layer"`` or ``"global"``.
+        epochs: Epochs, >= 1.
+        lr: Learning rate, > 0.
+        momentum: SGD momentum, in ``[0, 1)``.
+        batch_size: Examples per step, >= 1.
+        eval_set: Evaluated after every epoch, after the zeroing.
+        model_fn: Builds the untrained network.
+
+    Returns:
+        ``{"model": the network after the last zeroing (plain weights, not
+        finalized), "pruner": the SoftPruner (its ``history["regrown"]``),
+        "history": train's history}``.
+
+    Raises:
+        ValueError, TypeError: For invalid arguments (as :class:`~companion.soft.SoftPruner`
+            and :func:`~companion.training.train`).
+
+    Example:
+        >>> ds = TensorDataset(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+        >>> run = soft_from_scratch(0, ds, amount=0.5, epochs=2, lr=0.01, batch_size=32)
+        >>> run["pruner"].history["epoch"]
+        [1, 2]
+    """
+    _check_seed(seed)
+    device = _device_of(dataset)
+    _check_lr(lr)
+    seed_everything(seed)
+    model = model_fn().to(device)
+    pruner = SoftPruner(model, amount, scope=scope, structured=structured, norm=2)
+    history = train(
+        model,
+        dataset,
+        epochs=epochs,
+        lr=lr,
+        momentum=momentum,
+        batch_size=batch_size,
+        eval_set=eval_set,
+        seed=seed,
+        on_epoch_end=pruner.on_epoch_end,
+        progress=False,
+    )
+    return {"model": model, "pruner": pruner, "history": history}
+
+
+def prune_and_finetune(
+    model: nn.Module,
+    dataset: TensorDataset,
+    *,
+    method: Method,
+    amount: float,
+    seed: int,
+    epochs: int,
+    lr: float,
+    momentum: float = 0.9,
+    batch_size: int = 128,
+    scope: Scope = "layer",
+    structured: bool = False,
+    gradual_fraction: float = 0.6,
+    every: int = 20,
+    zeroing_eval: TensorDataset | None = None,
+) -> dict[str, object]:
+    """Prune a copy of a trained network to ``amount`` with one method and a fixed training budget.
+
+    Every method gets the same ``epochs`` over ``dataset`` with the same
+    optimizer settings and, for one ``seed``, the same data order:
+
+    * ``"one-shot"``: magnitude masks at ``amount`` first, then fine-tuning
+      with the masks fixed;
+    * ``"gradual"``: :class:`~companion.soft.GradualPruner` raises the
+      sparsity on the cubic schedule over the first ``gradual_fraction`` of
+      the steps (a mask update every ``every`` steps; the optimizer's momentum
+      is cleared at pruned positions), then the masks stay fixed;
+    * ``"soft"``: :class:`~companion.soft.SoftPruner` zeroes the smallest
+      ``amount`` before training and at every epoch end; the zeroed weights
+      keep training in between.
+
+    Args:
+        model: The trained network; it is copied, not modified.
+        dataset: Training data for the budget.
+        method: ``"one-shot"``, ``"gradual"`` or ``"soft"``.
+        amount: Final pruned fraction, in ``[0, 1]``.
+        seed: Logical seed of the data order (>= 0).
+        epochs: Training epochs after (or during) pruning, >= 1.
+        lr: Learning rate, > 0.
+        momentum: SGD momentum, in ``[0, 1)``.
+        batch_size: Examples per step, >= 1.
+        scope: ``"layer"`` (every layer loses ``amount``) or ``"global"``.
+        structured: Prune whole hidden neurons (by L2 norm of their rows).
+        gradual_fraction: Share of the steps over which ``"gradual"`` raises
+            the sparsity, in ``(0, 1]``.
+        every: Steps between gradual mask updates, >= 1.
+        zeroing_eval: For ``"soft"``: if given, its accuracy is measured just
+            before and just after every epoch-end zeroing.
+
+    Returns:
+        ``{"model": the pruned, trained copy (masked for one-shot and gradual;
+        plain weights with the last zeroing for soft), "pruner": the
+        GradualPruner or SoftPruner (``None`` for one-shot), "history":
+        train's history, "zeroing": [{"epoch", "before", "after"}, ...]
+        (empty unless ``"soft"`` with ``zeroing_eval``)}``.
+
+    Raises:
+        ValueError: For an unknown ``method`` or ``scope``, an out-of-range number.
+        TypeError: For arguments of the wrong type.
+
+    Example:
+        >>> from companion.metrics import sparsity
+        >>> ds = TensorDataset(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+        >>> net = lenet_300_100()
+        >>> run = prune_and_finetune(net, ds, method="gradual", amount=0.9, seed=0, epochs=2,
+        ...                          lr=0.01, batch_size=16, every=1)
+        >>> round(sparsity(run["model"]), 3)
+        0.9
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    _check_seed(seed)
+    _device_of(dataset)
+    check_in_range("amount", amount, 0.0, 1.0)
+    check_positive_int("epochs", epochs)
+    check_positive_int("batch_size", batch_size)
+    _check_lr(lr)
+    check_in_range("momentum", momentum, 0.0, 1.0, high_inclusive=False)
+    _check_scope(scope)
+    check_in_range("gradual_fraction", gradual_fraction, 0.0, 1.0, low_inclusive=False)
+    check_positive_int("every", every)
+    net = clone_model(model)
+    optimizer = make_optimizer(net, lr=lr, momentum=momentum)
+    budget = dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, seed=seed)
+    zeroing: list[dict[str, float]] = []
+    pruner: GradualPruner | SoftPruner | None = None
+    if method == "one-shot":
+        masks = magnitude_masks(net, amount, scope=scope, structured=structured, norm=2)
+        apply_masks(net, masks)
+        history = train(net, dataset, progress=False, **budget)
+    elif method == "gradual":
+        steps = epochs * num_batches(dataset, batch_size)
+        pruner = GradualPruner(
+            net,
+            final=amount,
+            duration=max(1, int(gradual_fraction * steps)),
+            every=every,
+            scope=scope,
+            structured=structured,
+            optimizer=optimizer,
+        )
+        history = train(net, dataset, on_step=pruner.on_step, progress=False, **budget)
+    else:
+        soft = SoftPruner(net, amount, scope=scope, structured=structured, norm=2)
+        soft.on_epoch_end(0)  # start from the pruned network, like the other methods
+        pruner = soft
+
+        def on_epoch_end(epoch: int) -> None:
+            if zeroing_eval is None:
+                soft.on_epoch_end(epoch)
+                return
+            before = evaluate(net, zeroing_eval)["accuracy"]
+            soft.on_epoch_end(epoch)
+            after = evaluate(net, zeroing_eval)["accuracy"]
+            zeroing.append({"epoch": epoch, "before": before, "after": after})
+
+        history = train(net, dataset, on_epoch_end=on_epoch_end, progress=False, **budget)
+    return {"model": net, "pruner": pruner, "history": history, "zeroing": zeroing}
+
+
+def zeroed_neuron_gradients(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+) -> dict[str, dict[str, int | bool]]:
+    """For every hidden layer: which neurons with all-zero incoming weights receive gradient.
+
+    A hidden ReLU neuron whose incoming weights are all zero has the constant
+    pre-activation ``b`` (its bias). With ``b <= 0`` its output and derivative
+    are zero on every input, so no gradient reaches its weights; with
+    ``b > 0`` the gradient can be nonzero. This computes the cross-entropy
+    gradient on ``(inputs, targets)`` and compares.
+
+    Args:
+        model: An MLP whose hidden layers are followed by ReLU (e.g. LeNet-300-100).
+        inputs: A batch of inputs on the model's device.
+        targets: Their class indices.
+
+    Returns:
+        ``{layer: {"zeroed": n, "positive_bias": n, "with_gradient": n,
+        "gradient_exactly_where_bias_positive": bool}}`` for every prunable
+        layer but the last; counts are among the zeroed neurons.
+
+    Raises:
+        TypeError: If ``model`` is not an ``nn.Module`` or ``inputs``/``targets`` are not tensors.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2))
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.zero_(); _ = net[0].bias.copy_(torch.tensor([1.0, -1.0]))
+        >>> zeroed_neuron_gradients(net, torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))["0"]
+        {'zeroed': 2, 'positive_bias': 1, 'with_gradient': 1, 'gradient_exactly_where_bias_positive': True}
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        raise TypeError("inputs and targets must be tensors")
+    layers = list(prunable_layers(model).items())[:-1]
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(inputs), targets).backward()
+    report: dict[str, dict[str, int | bool]] = {}
+    for name, layer in layers:
+        weight = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+        grad = layer.weight.grad.reshape(weight.shape)
+        zeroed = weight.abs().sum(1) == 0
+        has_gradient = zeroed & (grad.abs().sum(1) > 0)
+        positive = zeroed & (layer.bias.detach() > 0)
+        report[name] = {
+            "zeroed": int(zeroed.sum()),
+            "positive_bias": int(positive.sum()),
+            "with_gradient": int(has_gradient.sum()),
+            "gradient_exactly_where_bias_positive": bool(torch.equal(has_gradient, positive)),
+        }
+    model.zero_grad(set_to_none=True)
+    return report
+
+
+def latency_rounds(
+    models: Mapping[str, nn.Module],
+    batch_size: int = 256,
+    *,
+    rounds: int = 7,
+    seconds_per_round: float = 0.1,
+    input_shape: Sequence[int] = (1, 28, 28),
+    device: str | torch.device = "cpu",
+) -> dict[str, list[float]]:
+    """Forward-pass latency of several models, one median per interleaved round.
+
+    Every round times every model for ``seconds_per_round`` (with
+    :func:`companion.metrics.latency`), so a burst of background load lands on
+    all models of a round alike; ratios taken round by round are paired
+    measurements that :func:`companion.stats.summarize` can put an interval on.
+
+    Args:
+        models: ``{label: model}``; copies are timed on ``device``.
+        batch_size: Batch size, >= 1.
+        rounds: Interleaved rounds, >= 2.
+        seconds_per_round: Measurement time per model and round, > 0.
+        input_shape: Shape of one example.
+        device: Where to time the copies.
+
+    Returns:
+        ``{label: [seconds per forward pass, one per round]}``.
+
+    Raises:
+        ValueError: If ``models`` is empty or a number is out of range.
+
+    Example:
+        >>> times = latency_rounds({"a": nn.Linear(4, 2)}, 8, rounds=2, seconds_per_round=0.01,
+        ...                        input_shape=(4,))
+        >>> len(times["a"])
+        2
+    """
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError("models must be a non-empty mapping of {label: model}")
+    check_positive_int("batch_size", batch_size)
+    if check_positive_int("rounds", rounds) < 2:
+        raise ValueError(f"rounds must be an integer >= 2 for an interval, got {rounds}")
+    check_in_range("seconds_per_round", seconds_per_round, 0.0, float("inf"), low_inclusive=False)
+    copies = {label: clone_model(m).to(torch.device(device)) for label, m in models.items()}
+    samples: dict[str, list[float]] = {label: [] for label in copies}
+    for _ in range(rounds):
+        for label, net in copies.items():
+            samples[label].append(
+                latency(net, batch_size, input_shape=input_shape, min_run_time=seconds_per_round)
+            )
+    return samples

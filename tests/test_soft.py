@@ -10,7 +10,14 @@ from companion.io import ModelFileError
 from companion.metrics import layer_sparsity, sparsity
 from companion.models import MLP
 from companion.pruning import apply_masks, iterative_prune, magnitude_masks
-from companion.soft import GradualPruner, SoftPruner, cubic_sparsity, load_sparse, save_sparse
+from companion.soft import (
+    GradualPruner,
+    SoftPruner,
+    clear_pruned_momentum_,
+    cubic_sparsity,
+    load_sparse,
+    save_sparse,
+)
 from companion.training import train
 
 # Zhu and Gupta (2017), s_i = 0 -> s_f = 0.9 over n = 10 steps (shared/papers.md)
@@ -183,3 +190,57 @@ def test_load_sparse_rejects_foreign_and_truncated_files(tmp_path):
         load_sparse(truncated)
     with pytest.raises(FileNotFoundError):
         load_sparse(tmp_path / "missing.pt")
+
+
+def _momentum_then_mask(clear: bool) -> torch.Tensor:
+    """One SGD-momentum step with a full gradient, then a mask on w[0], then one masked step."""
+    layer = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    net = nn.Sequential(layer)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.5)
+    layer.weight.grad = torch.ones(1, 2)
+    optimizer.step()  # buffer [1, 1], weight [0.5, 1.5]
+    apply_masks(net, {"0": torch.tensor([[0.0, 1.0]])})
+    if clear:
+        assert clear_pruned_momentum_(net, optimizer) == 1
+    optimizer.zero_grad()
+    net(torch.ones(1, 2)).sum().backward()  # gradient 0 at the masked position, 1 at the kept one
+    optimizer.step()
+    return layer.weight_orig.detach()
+
+
+def test_momentum_moves_a_masked_stored_value_unless_cleared():
+    # buffer 0.5 * 1 + 0 = 0.5 at the masked weight: its stored value moves by lr * 0.5 = 0.25
+    assert _momentum_then_mask(clear=False).tolist() == [[0.25, 0.75]]
+    assert _momentum_then_mask(clear=True).tolist() == [[0.5, 0.75]]
+
+
+def test_gradual_pruner_with_the_optimizer_freezes_pruned_stored_values(toy_data):
+    stored = {}
+    for clear in (False, True):
+        torch.manual_seed(5)
+        model = MLP((8, 32, 2))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        pruner = GradualPruner(
+            model, final=0.8, duration=6, every=2, optimizer=optimizer if clear else None
+        )
+        snapshots = []
+
+        def on_step(step, pruner=pruner, model=model, snapshots=snapshots):
+            pruner.on_step(step)
+            if step == 6:  # the last mask update
+                snapshots.append(model.fc1.weight_orig.detach().clone())
+
+        train(model, toy_data, epochs=2, batch_size=16, optimizer=optimizer, on_step=on_step,
+              progress=False)  # fmt: skip
+        pruned = model.fc1.weight_mask == 0
+        stored[clear] = torch.equal(model.fc1.weight_orig[pruned], snapshots[0][pruned])
+    assert stored == {False: False, True: True}
+
+
+def test_gradual_pruner_rejects_a_non_optimizer():
+    with pytest.raises(TypeError, match="optimizer"):
+        GradualPruner(MLP((4, 4, 2)), final=0.5, duration=2, optimizer="sgd")
+    with pytest.raises(TypeError, match="optimizer"):
+        clear_pruned_momentum_(MLP((4, 4, 2)), "sgd")
