@@ -497,7 +497,6 @@ def load_sparse(path: str | os.PathLike, model: nn.Module | None = None) -> dict
 
 #: The pruning methods of :func:`prune_and_finetune`.
 METHODS = ("one-shot", "gradual", "soft")
-Method = Literal["one-shot", "gradual", "soft"]
 
 
 def _check_seed(seed: int) -> int:
@@ -627,8 +626,8 @@ def train_reference(
         model_fn: Builds the untrained network (default: LeNet-300-100).
 
     Returns:
-        ``{"model": trained model, "history": train's history,
-        "snapshots": {epoch: copy of the model after that epoch}}``.
+        A dict with ``"model"`` (the trained model), ``"history"`` (train's
+        history) and ``"snapshots"`` (``{epoch: copy of the model after it}``).
 
     Raises:
         ValueError: If an epoch in ``keep`` is outside ``[1, epochs]``, or a
@@ -706,9 +705,9 @@ def soft_from_scratch(
         model_fn: Builds the untrained network.
 
     Returns:
-        ``{"model": the network after the last zeroing (plain weights, not
-        finalized), "pruner": the SoftPruner (its ``history["regrown"]``),
-        "history": train's history}``.
+        A dict with ``"model"`` (the network after the last zeroing, plain
+        weights, not finalized), ``"pruner"`` (the SoftPruner, with its
+        regrowth history) and ``"history"`` (train's history).
 
     Raises:
         ValueError, TypeError: For invalid arguments (as :class:`~companion.soft.SoftPruner`
@@ -745,7 +744,7 @@ def prune_and_finetune(
     model: nn.Module,
     dataset: TensorDataset,
     *,
-    method: Method,
+    method: Literal["one-shot", "gradual", "soft"],
     amount: float,
     seed: int,
     epochs: int,
@@ -792,11 +791,12 @@ def prune_and_finetune(
             before and just after every epoch-end zeroing.
 
     Returns:
-        ``{"model": the pruned, trained copy (masked for one-shot and gradual;
-        plain weights with the last zeroing for soft), "pruner": the
-        GradualPruner or SoftPruner (``None`` for one-shot), "history":
-        train's history, "zeroing": [{"epoch", "before", "after"}, ...]
-        (empty unless ``"soft"`` with ``zeroing_eval``)}``.
+        A dict with ``"model"`` (the pruned, trained copy: masked for one-shot
+        and gradual, plain weights after the last zeroing for soft),
+        ``"pruner"`` (the GradualPruner or SoftPruner, ``None`` for one-shot),
+        ``"history"`` (train's history) and ``"zeroing"`` (one dict with
+        ``"epoch"``, ``"before"`` and ``"after"`` per epoch-end zeroing; empty
+        unless ``method="soft"`` with ``zeroing_eval``).
 
     Raises:
         ValueError: For an unknown ``method`` or ``scope``, an out-of-range number.
@@ -881,9 +881,10 @@ def zeroed_neuron_gradients(
         targets: Their class indices.
 
     Returns:
-        ``{layer: {"zeroed": n, "positive_bias": n, "with_gradient": n,
-        "gradient_exactly_where_bias_positive": bool}}`` for every prunable
-        layer but the last; counts are among the zeroed neurons.
+        ``{layer name: counts}`` for every prunable layer but the last, where
+        counts holds ``"zeroed"``, ``"positive_bias"`` and ``"with_gradient"``
+        (numbers of zeroed neurons) and
+        ``"gradient_exactly_where_bias_positive"`` (a bool).
 
     Raises:
         TypeError: If ``model`` is not an ``nn.Module`` or ``inputs``/``targets`` are not tensors.
