@@ -1,14 +1,44 @@
-"""Small analyses behind the last chapter: Pareto fronts, mask stability, dead inputs."""
+"""The analyses and multi-seed protocols behind the last chapter.
+
+* Pareto fronts (:func:`pareto_front`) and what unstructured sparsity costs on
+  disk in compressed-sparse-row form (:func:`csr_bytes`);
+* the compression pipeline of one seed, with or without a teacher
+  (:func:`student_pipeline`), and prune-then-fine-tune (:func:`prune_and_finetune`);
+* mask stability across seeds where units correspond: kept connections per
+  input (:func:`kept_per_input`), correlation with the other seeds
+  (:func:`leave_one_out_correlation`) against a chance level with the same
+  counts at random positions (:func:`shuffled_mask`); the weight-level
+  :func:`mask_jaccard` only means something between masks of the *same* network;
+* dead inputs and the compute of one training step.
+"""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import TensorDataset
 
-__all__ = ["pareto_front", "mask_jaccard", "dead_inputs", "train_step_flops"]
+from .utils import check_in_range, check_positive_int
+
+__all__ = [
+    "pareto_front",
+    "mask_jaccard",
+    "random_mask_jaccard",
+    "dead_inputs",
+    "train_step_flops",
+    "csr_bytes",
+    "kept_per_input",
+    "shuffled_mask",
+    "leave_one_out_correlation",
+    "prune_and_finetune",
+    "student_pipeline",
+]
 
 
 def pareto_front(costs: Sequence[float], scores: Sequence[float]) -> list[int]:
@@ -51,8 +81,11 @@ def pareto_front(costs: Sequence[float], scores: Sequence[float]) -> list[int]:
 def mask_jaccard(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
     """Jaccard similarity of the *kept* weights of two mask sets (1 = identical, 0 = disjoint).
 
-    Used to ask whether pruning from different random seeds keeps the same
-    connections.
+    Meaningful between two masks of the *same* network (two criteria, two
+    sparsities). Between independently trained networks it is not: their hidden
+    units have no correspondence (any permutation of a hidden layer computes the
+    same function), so "the same weight" is undefined. Compare what does
+    correspond instead, such as :func:`kept_per_input`.
 
     Raises:
         ValueError: If the mask sets name different layers or shapes differ.
@@ -177,3 +210,311 @@ def train_step_flops(model: nn.Module, inputs: torch.Tensor, targets: torch.Tens
         loss.backward()
     model.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())
+
+
+def csr_bytes(model: nn.Module) -> int:
+    """Bytes of the file :func:`companion.soft.save_sparse` writes for ``model``.
+
+    The honest size of an unstructured-sparse model: nonzero values, their
+    column indices and row pointers, plus the dense biases. A dense model costs
+    somewhat more in this form than in a plain checkpoint (the indices).
+
+    Args:
+        model: A dense or masked model.
+
+    Returns:
+        The size of the CSR archive in bytes.
+
+    Raises:
+        TypeError: If ``model`` is not an ``nn.Module``.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(100, 100))
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.zero_()
+        >>> csr_bytes(net) < 10_000 < 4 * 100 * 100
+        True
+    """
+    from .soft import save_sparse
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    with tempfile.TemporaryDirectory() as folder:
+        return save_sparse(model, Path(folder) / "model.pt").stat().st_size
+
+
+def kept_per_input(mask: torch.Tensor) -> torch.Tensor:
+    """Kept connections of each input of a linear layer: the column sums of its mask.
+
+    Inputs (MNIST pixels for the first layer) are the same in every trained
+    network, unlike hidden units, so these counts can be compared across seeds.
+
+    Args:
+        mask: A 2-D mask ``[out_features, in_features]`` of zeros and ones.
+
+    Returns:
+        A float tensor ``[in_features]``.
+
+    Raises:
+        TypeError: If ``mask`` is not a tensor.
+        ValueError: If it is not 2-D.
+
+    Example:
+        >>> kept_per_input(torch.tensor([[1.0, 0.0, 1.0], [1.0, 0.0, 0.0]])).tolist()
+        [2.0, 0.0, 1.0]
+    """
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be 2-D [out, in], got shape {tuple(mask.shape)}")
+    return (mask.detach() != 0).float().sum(0).cpu()
+
+
+def shuffled_mask(mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The same number of kept entries as ``mask``, at uniformly random positions.
+
+    The chance level for mask statistics: a random mask that keeps exactly as
+    many weights of the layer as ``mask`` does.
+
+    Args:
+        mask: A mask of any shape.
+        generator: A CPU generator (``companion.utils.make_generator(seed)``).
+
+    Returns:
+        A float mask of the same shape (on the CPU).
+
+    Raises:
+        TypeError: If ``mask`` is not a tensor or ``generator`` not a ``torch.Generator``.
+
+    Example:
+        >>> m = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+        >>> int(shuffled_mask(m, torch.Generator().manual_seed(0)).sum())
+        2
+    """
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    flat = (mask.detach() != 0).float().cpu().flatten()
+    order = torch.randperm(flat.numel(), generator=generator)
+    return flat[order].view(mask.shape)
+
+
+def leave_one_out_correlation(vectors: torch.Tensor) -> list[float]:
+    r"""Pearson correlation of each row with the mean of the other rows.
+
+    With one row per seed (e.g. :func:`kept_per_input` of each seed's mask),
+    this asks how well the other seeds predict a seed's pattern: 1 means the
+    same pattern up to scale, 0 no linear relation.
+
+    Args:
+        vectors: A 2-D tensor ``[n_rows, d]`` with ``n_rows >= 2`` and ``d >= 2``.
+
+    Returns:
+        ``n_rows`` correlations, in ``[-1, 1]`` (NaN for a constant row).
+
+    Raises:
+        TypeError: If ``vectors`` is not a tensor.
+        ValueError: If it is not 2-D with at least 2 rows and 2 columns.
+
+    Example:
+        >>> v = torch.tensor([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [1.0, 2.0, 3.5]])
+        >>> [round(r, 3) for r in leave_one_out_correlation(v)]
+        [0.999, 0.998, 0.993]
+    """
+    if not isinstance(vectors, torch.Tensor):
+        raise TypeError(f"vectors must be a torch.Tensor, got {type(vectors).__name__}")
+    if vectors.dim() != 2 or vectors.shape[0] < 2 or vectors.shape[1] < 2:
+        raise ValueError(
+            f"vectors must be 2-D with at least 2 rows and 2 columns, got shape {tuple(vectors.shape)}"
+        )
+    v = vectors.detach().double().cpu()
+    total = v.sum(0)
+    result = []
+    for i in range(v.shape[0]):
+        others = (total - v[i]) / (v.shape[0] - 1)
+        pair = torch.stack([v[i], others])
+        result.append(float(torch.corrcoef(pair)[0, 1]))
+    return result
+
+
+def prune_and_finetune(
+    model: nn.Module,
+    train_set: TensorDataset,
+    *,
+    amount: float,
+    epochs: int,
+    criterion: str = "magnitude",
+    scope: str = "layer",
+    structured: bool = False,
+    generator: torch.Generator | None = None,
+    teacher: nn.Module | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    seed: int = 0,
+    **train_kwargs: Any,
+) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, list[float]]]:
+    """Prune a copy of ``model`` and fine-tune it with the masks in place.
+
+    The masks come from :func:`companion.pruning.magnitude_masks` (``norm=1``
+    for structured pruning, as Li et al.) or :func:`companion.pruning.random_masks`;
+    fine-tuning is :func:`companion.training.train`, or
+    :func:`companion.distillation.distill` when a ``teacher`` is given.
+
+    Args:
+        model: The trained network (not modified).
+        train_set: Fine-tuning data on the model's device.
+        amount: Fraction of weights (or neurons/channels) to prune, in ``[0, 1]``.
+        epochs: Fine-tuning epochs, >= 0 (0: prune only).
+        criterion: ``"magnitude"`` or ``"random"``.
+        scope: ``"layer"`` or ``"global"``.
+        structured: Prune whole neurons / channels.
+        generator: For ``criterion="random"``: ``companion.utils.make_generator(seed)``.
+        teacher: Distil from this teacher while fine-tuning (``None``: labels only).
+        temperature, alpha: Distillation settings (used only with a teacher).
+        seed: Logical seed of the data order.
+        **train_kwargs: Passed on to the training loop (``lr``, ``momentum``, ...).
+
+    Returns:
+        ``(pruned, masks, history)``: the masked, fine-tuned copy, its masks
+        and the fine-tuning history (empty lists when ``epochs == 0``).
+
+    Raises:
+        ValueError: If ``amount`` is outside ``[0, 1]``, ``epochs`` is negative
+            or ``criterion`` is unknown.
+        TypeError: If ``model`` is not an ``nn.Module``.
+    """
+    from . import distillation, pruning, training
+    from .utils import clone_model
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_in_range("amount", amount, 0.0, 1.0)
+    epochs = check_positive_int("epochs", epochs, allow_zero=True)
+    pruned = clone_model(model)
+    if criterion == "magnitude":
+        masks = pruning.magnitude_masks(pruned, amount, scope=scope, structured=structured)
+    elif criterion == "random":
+        masks = pruning.random_masks(
+            pruned, amount, scope=scope, structured=structured, generator=generator
+        )
+    else:
+        raise ValueError(f"criterion must be 'magnitude' or 'random', got {criterion!r}")
+    pruning.apply_masks(pruned, masks)
+    history: dict[str, list[float]] = {"epoch": [], "loss": [], "train_accuracy": [], "seconds": []}
+    if epochs:
+        if teacher is None:
+            history = training.train(pruned, train_set, epochs=epochs, seed=seed, **train_kwargs)
+        else:
+            history = distillation.distill(
+                pruned,
+                teacher,
+                train_set,
+                epochs=epochs,
+                temperature=temperature,
+                alpha=alpha,
+                seed=seed,
+                **train_kwargs,
+            )
+    return pruned, masks, history
+
+
+def student_pipeline(
+    student: nn.Module,
+    train_set: TensorDataset,
+    *,
+    teacher: nn.Module | None,
+    epochs: int,
+    finetune_epochs: int,
+    amount: float = 0.5,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    seed: int = 0,
+    **train_kwargs: Any,
+) -> dict[str, Any]:
+    """One seed of the compression pipeline: train, prune neurons, fine-tune, shrink, int8.
+
+    1. ``student`` (freshly initialised, an :class:`companion.models.MLP`) is
+       trained for ``epochs``: distilled from ``teacher``
+       (:func:`companion.distillation.distill`), or, with ``teacher=None``, on
+       the labels alone (the no-distillation control, same budget);
+    2. the ``amount`` fraction of its hidden neurons with the smallest L1 norm
+       of incoming weights is masked, and the network is fine-tuned for
+       ``finetune_epochs`` with the same loss as in step 1;
+    3. the masks are folded in and the dead neurons cut out
+       (:func:`companion.surgery.shrink`);
+    4. the shrunk model is quantised to int8
+       (:func:`companion.deploy.quantize_dynamic_int8`, on the CPU).
+
+    Give both arms the same seed (call ``seed_everything(seed)`` before
+    building each student) and they share the initialisation and data order.
+
+    Args:
+        student: A fresh MLP on the data's device; trained in place.
+        train_set: Training data.
+        teacher: The trained teacher, or ``None`` for the control.
+        epochs: Training epochs of step 1, >= 1.
+        finetune_epochs: Fine-tuning epochs of step 2, >= 0.
+        amount: Fraction of hidden neurons pruned, in ``[0, 1)``.
+        temperature, alpha: Distillation settings (ignored without a teacher).
+        seed: Logical seed of the data order of both training phases.
+        **train_kwargs: Passed on to the training loop (``lr``, ``momentum``,
+            ``batch_size``, ``progress``, ...).
+
+    Returns:
+        A dict with the models ``"student"`` (after step 1), ``"masked"`` (after
+        step 2, masks in place), ``"shrunk"`` and ``"int8"``, and the histories
+        ``"train_history"`` and ``"finetune_history"``.
+
+    Raises:
+        ValueError: If ``epochs < 1``, ``finetune_epochs < 0`` or ``amount`` is
+            outside ``[0, 1)``.
+        TypeError: If ``student`` is not an MLP or ``teacher`` is neither
+            ``None`` nor an ``nn.Module``.
+    """
+    from . import deploy, distillation, pruning, surgery, training
+    from .models import MLP
+    from .utils import clone_model
+
+    if not isinstance(student, MLP):
+        raise TypeError(f"student must be a companion.models.MLP, got {type(student).__name__}")
+    if teacher is not None and not isinstance(teacher, nn.Module):
+        raise TypeError(f"teacher must be None or a torch.nn.Module, got {type(teacher).__name__}")
+    epochs = check_positive_int("epochs", epochs)
+    finetune_epochs = check_positive_int("finetune_epochs", finetune_epochs, allow_zero=True)
+    check_in_range("amount", amount, 0.0, 1.0, high_inclusive=False)
+    if teacher is None:
+        train_history = training.train(student, train_set, epochs=epochs, seed=seed, **train_kwargs)
+    else:
+        train_history = distillation.distill(
+            student,
+            teacher,
+            train_set,
+            epochs=epochs,
+            temperature=temperature,
+            alpha=alpha,
+            seed=seed,
+            **train_kwargs,
+        )
+    masked, _, finetune_history = prune_and_finetune(
+        student,
+        train_set,
+        amount=amount,
+        epochs=finetune_epochs,
+        structured=True,
+        teacher=teacher,
+        temperature=temperature,
+        alpha=alpha,
+        seed=seed,
+        **train_kwargs,
+    )
+    permanent = pruning.make_permanent(clone_model(masked))
+    shrunk = surgery.shrink(permanent)
+    return {
+        "student": student,
+        "masked": masked,
+        "shrunk": shrunk,
+        "int8": deploy.quantize_dynamic_int8(shrunk),
+        "train_history": train_history,
+        "finetune_history": finetune_history,
+    }

@@ -6,8 +6,8 @@
 * :func:`export_torchscript` / :func:`load_exported` write a self-contained
   TorchScript file that runs without the model's Python class (e.g. from C++ or
   on a phone with PyTorch's mobile runtime) and read it back;
-  :func:`check_export` confirms that the exported file predicts exactly what
-  the model predicts.
+  :func:`check_export` compares the exported file with a reference model,
+  normally the float model before quantisation.
 
 Both APIs are marked deprecated in recent PyTorch releases (in favour of
 ``torchao`` and ``torch.export``) but remain the ones shipped with PyTorch
@@ -134,30 +134,36 @@ def load_exported(path: str | os.PathLike) -> torch.jit.ScriptModule:
 
 @torch.no_grad()
 def check_export(
-    model: nn.Module, path: str | os.PathLike, inputs: torch.Tensor
+    reference: nn.Module, path: str | os.PathLike, inputs: torch.Tensor
 ) -> dict[str, float]:
-    """Compare an exported file's outputs with ``model``'s on ``inputs`` (on the CPU).
+    """Compare an exported file's outputs with a *reference* model's on ``inputs`` (on the CPU).
+
+    Pass the model the export is meant to stand in for, usually the float
+    model before quantisation. Comparing the file with the very model that was
+    exported only tests TorchScript's round trip (agreement is then 100% by
+    construction); comparing it with the float model measures what
+    quantisation and export together change.
 
     Args:
-        model: The model that was exported.
-        path: The exported file.
+        reference: The model to compare against (masks are folded into a copy).
+        path: The exported file (:func:`export_torchscript`).
         inputs: A batch of inputs.
 
     Returns:
-        A dict with ``"max_abs_diff"`` (largest absolute difference of the
-        outputs) and ``"agreement"`` (fraction of inputs with the same
-        predicted class).
+        A dict with ``"max_abs_diff"`` (largest absolute difference between
+        the file's and the reference's outputs, i.e. logits) and
+        ``"agreement"`` (fraction of inputs with the same predicted class).
 
     Raises:
-        TypeError: If ``model`` is not an ``nn.Module`` or ``inputs`` is not a tensor.
+        TypeError: If ``reference`` is not an ``nn.Module`` or ``inputs`` is not a tensor.
         FileNotFoundError: If ``path`` does not exist.
         ValueError: If ``path`` is not a TorchScript file.
     """
-    _check_model(model)
+    _check_model(reference)
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
     exported = load_exported(path)
-    plain = _without_masks(model)
+    plain = _without_masks(reference)
     x = inputs.cpu()
     expected, actual = plain(x), exported(x)
     return {

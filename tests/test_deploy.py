@@ -49,11 +49,31 @@ def test_export_round_trip_gives_identical_predictions(tmp_path, make):
     assert result["agreement"] == 1.0
 
 
-def test_export_of_quantized_model(tmp_path):
-    quantized = quantize_dynamic_int8(lenet_300_100().eval())
+def test_export_of_quantized_model_is_compared_with_the_float_reference(tmp_path):
+    torch.manual_seed(0)
+    model = lenet_300_100().eval()
+    quantized = quantize_dynamic_int8(model)
     path = export_torchscript(quantized, tmp_path / "q.pt", torch.rand(2, 1, 28, 28))
-    x = torch.rand(20, 1, 28, 28)
-    assert check_export(quantized, path, x)["agreement"] == 1.0
+    x = torch.rand(200, 1, 28, 28)
+    # against the model that was exported: the round trip alone, identical by construction
+    assert check_export(quantized, path, x) == {"max_abs_diff": 0.0, "agreement": 1.0}
+    # against the float reference: int8 rounding shows up in the logits
+    vs_float = check_export(model, path, x)
+    with torch.no_grad():
+        expected_diff = (quantized(x) - model(x)).abs().max().item()
+        expected_agreement = (quantized(x).argmax(1) == model(x).argmax(1)).float().mean().item()
+    assert vs_float["max_abs_diff"] == pytest.approx(expected_diff)
+    assert 0 < vs_float["max_abs_diff"] < 0.05
+    assert vs_float["agreement"] == pytest.approx(expected_agreement)
+
+
+def test_check_export_detects_a_different_reference(tmp_path):
+    torch.manual_seed(0)
+    exported, other = lenet_300_100().eval(), lenet_300_100().eval()
+    path = export_torchscript(exported, tmp_path / "m.pt", torch.rand(2, 1, 28, 28))
+    result = check_export(other, path, torch.rand(100, 1, 28, 28))
+    assert result["max_abs_diff"] > 0
+    assert result["agreement"] < 1.0
 
 
 def test_failed_export_leaves_previous_file(tmp_path, monkeypatch):
