@@ -13,10 +13,11 @@ numbers honest:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -321,6 +322,22 @@ def compressed_bytes(model: nn.Module, level: int = 9) -> int:
     return len(zlib.compress(_serialized(model), level))
 
 
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode, then restore every submodule's own ``training`` flag.
+
+    A forward pass in train mode updates BatchNorm running statistics (and draws dropout masks),
+    so a measurement in train mode would change the model it was asked to measure.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def _example_input(model: nn.Module, input_shape: Sequence[int], batch_size: int) -> torch.Tensor:
     try:
         device = next(model.parameters()).device
@@ -337,7 +354,8 @@ def flops(model: nn.Module, input_shape: Sequence[int] = (1, 28, 28), batch_size
     a dense kernel multiplies them like any other value.
 
     Args:
-        model: The network, in the mode it should be measured in.
+        model: The network; it is run in eval mode (BatchNorm statistics and
+            every module's ``training`` flag are left as they were).
         input_shape: Shape of one example, without the batch dimension.
         batch_size: Examples per forward pass.
 
@@ -352,7 +370,7 @@ def flops(model: nn.Module, input_shape: Sequence[int] = (1, 28, 28), batch_size
     check_positive_int("batch_size", batch_size)
     x = _example_input(model, input_shape, batch_size)
     counter = _quiet_import("torch.utils.flop_counter").FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    with _eval_mode(model), torch.no_grad(), counter:
         model(x)
     return int(counter.get_total_flops())
 
@@ -396,9 +414,7 @@ def latency(
         else check_positive_int("num_threads", num_threads)
     )
     x = _example_input(model, input_shape, batch_size)
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         with torch.no_grad():
             for _ in range(warmup):
                 model(x)
@@ -408,8 +424,6 @@ def latency(
             num_threads=threads,
         )
         return float(timer.blocked_autorange(min_run_time=min_run_time).median)
-    finally:
-        model.train(was_training)
 
 
 def _copies_on(
