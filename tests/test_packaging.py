@@ -1,0 +1,44 @@
+"""The built wheel carries the licence and the typing marker, and declares an SPDX licence."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(REPO)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    (path,) = out.glob("pruning_distillation_companion-*.whl")
+    return zipfile.ZipFile(path)
+
+
+def test_wheel_contains_license_and_py_typed(wheel):
+    names = wheel.namelist()
+    assert "companion/py.typed" in names
+    licenses = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+    assert licenses, names
+    assert wheel.read(licenses[0]).decode().startswith("MIT License")
+
+
+def test_metadata_declares_spdx_mit(wheel):
+    (metadata,) = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
+    lines = wheel.read(metadata).decode().splitlines()
+    assert "License-Expression: MIT" in lines
+    assert not any(line.startswith("Classifier: License ::") for line in lines)
+
+
+def test_repository_has_the_license_file():
+    assert (REPO / "LICENSE").read_text().startswith("MIT License")
