@@ -26,6 +26,10 @@ classes as well; the KL divergence per example is ``reduction="batchmean"``.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,10 +37,29 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .training import History, _check_integer_targets, _check_labelled, predict, train
-from .utils import check_in_range
+from .data import _check_dataset
+from .training import (
+    History,
+    _check_integer_targets,
+    _check_labelled,
+    make_optimizer,
+    predict,
+    train,
+)
+from .utils import check_in_range, check_positive_int
 
-__all__ = ["soft_targets", "kd_loss", "KDLoss", "distill"]
+__all__ = [
+    "soft_targets",
+    "kd_loss",
+    "KDLoss",
+    "distill",
+    "cosine_sgd",
+    "Recipe",
+    "fit",
+    "train_teachers",
+    "scarce_label_arms",
+    "omitted_class",
+]
 
 
 def _check_temperature(temperature: float) -> float:
@@ -207,13 +230,15 @@ class KDLoss(nn.Module):
 
 def distill(
     student: nn.Module,
-    teacher: nn.Module,
+    teacher: nn.Module | None,
     dataset: TensorDataset,
     *,
     epochs: int,
     temperature: float = 4.0,
     alpha: float = 0.9,
     cache_teacher: bool = True,
+    teacher_logits: torch.Tensor | None = None,
+    labels: bool = True,
     **train_kwargs: Any,
 ) -> History:
     """Train ``student`` to imitate ``teacher`` on ``dataset`` with :func:`kd_loss`.
@@ -228,61 +253,588 @@ def distill(
     per epoch). That is valid because the inputs are the same every epoch
     (this loop uses no data augmentation) and the teacher in eval mode is
     deterministic; with augmentation or a stochastic teacher, use
-    ``cache_teacher=False``.
+    ``cache_teacher=False``. Logits computed earlier (one teacher, many
+    students) can be passed as ``teacher_logits``; the teacher is then not run
+    at all and may be ``None``.
+
+    With ``labels=False`` the loss is the soft term alone
+    (``kd_loss(..., targets=None)``): the transfer set is unlabelled, its
+    targets (if it has any) are never read, and it may hold the inputs only.
+    The history's ``train_accuracy`` then measures agreement with the
+    teacher's predictions.
 
     Args:
         student: The network being trained (in place).
-        teacher: The trained network to imitate.
-        dataset: ``(inputs, targets)`` on the models' device.
+        teacher: The trained network to imitate; ``None`` only with
+            ``teacher_logits``.
+        dataset: ``(inputs, targets)`` on the models' device (``(inputs,)`` is
+            enough with ``labels=False``).
         epochs: Passes over the data.
         temperature: :math:`T > 0` of :func:`kd_loss`.
-        alpha: Weight of the soft term, in ``[0, 1]``.
+        alpha: Weight of the soft term, in ``[0, 1]`` (unused with
+            ``labels=False``).
         cache_teacher: Compute the teacher's logits once.
+        teacher_logits: Precomputed teacher logits for ``dataset``'s inputs,
+            ``[len(dataset), classes]``, on the inputs' device.
+        labels: Use the hard term with the dataset's targets.
         **train_kwargs: Passed to :func:`companion.training.train` (``lr``,
             ``batch_size``, ``momentum``, ``optimizer``, ``seed``,
-            ``eval_set``, ``progress``, ...).
+            ``eval_set``, ``on_step``, ``progress``, ...).
 
     Returns:
         The training history.
 
     Raises:
         ValueError: For invalid ``temperature`` or ``alpha``, if
-            ``train_kwargs`` contains ``loss_fn``, or ``dataset`` is empty or
-            has no targets (and whatever :func:`companion.training.train`
-            rejects).
-        TypeError: If ``teacher`` is not an ``nn.Module`` or the targets are
-            not integer class indices.
+            ``train_kwargs`` contains ``loss_fn``, ``dataset`` is empty or
+            (with ``labels=True``) has no targets, ``teacher_logits`` does not
+            match the inputs in length or device or is not finite, or
+            ``cache_teacher=False`` is combined with ``teacher_logits`` (and
+            whatever :func:`companion.training.train` rejects).
+        TypeError: If ``teacher`` is not an ``nn.Module`` (or ``None`` with
+            ``teacher_logits``), ``teacher_logits`` is not a tensor, ``labels``
+            is not a bool, or the targets are not integer class indices.
+
+    Example:
+        >>> from companion.models import MLP
+        >>> x = torch.randn(32, 4)
+        >>> z = torch.randn(32, 3)  # a teacher's logits, computed earlier
+        >>> h = distill(MLP((4, 3)), None, TensorDataset(x), teacher_logits=z, labels=False,
+        ...             epochs=2, batch_size=8, progress=False)
+        >>> len(h["loss"])
+        2
     """
     _check_temperature(temperature)
     check_in_range("alpha", alpha, 0.0, 1.0)
-    if not isinstance(teacher, nn.Module):
-        raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
+    if not isinstance(labels, bool):
+        raise TypeError(f"labels must be a bool, got {type(labels).__name__}")
+    if teacher_logits is None:
+        if not isinstance(teacher, nn.Module):
+            raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
+    elif teacher is not None and not isinstance(teacher, nn.Module):
+        raise TypeError(f"teacher must be a torch.nn.Module or None, got {type(teacher).__name__}")
     if "loss_fn" in train_kwargs:
         raise ValueError(
             "distill sets loss_fn itself; call companion.training.train for a custom loss"
         )
-    _check_labelled(dataset)
-    was_training = teacher.training
-    teacher.eval()
+    if labels:
+        _check_labelled(dataset)
+    else:
+        _check_dataset(dataset)
+    inputs = dataset.tensors[0]
+    if teacher_logits is not None:
+        if not cache_teacher:
+            raise ValueError(
+                "teacher_logits are precomputed logits; they cannot be combined with "
+                "cache_teacher=False (which calls the teacher on every batch)"
+            )
+        _check_logits("teacher_logits", teacher_logits)
+        if len(teacher_logits) != len(inputs):
+            raise ValueError(
+                f"teacher_logits must have one row per example of dataset ({len(inputs)}), "
+                f"got {len(teacher_logits)}"
+            )
+        if teacher_logits.device != inputs.device:
+            raise ValueError(
+                f"teacher_logits is on {teacher_logits.device} but dataset is on "
+                f"{inputs.device}; put them on the same device"
+            )
+    was_training = teacher.training if teacher is not None else False
+    if teacher is not None:
+        teacher.eval()
     try:
-        inputs, targets = dataset.tensors[0], dataset.tensors[1]
         if cache_teacher:
-            teacher_logits = predict(teacher, inputs)
-            data = TensorDataset(inputs, targets, teacher_logits)
+            if teacher_logits is None:
+                teacher_logits = predict(teacher, inputs)
+            teacher_logits = teacher_logits.detach()
+            if labels:
+                data = TensorDataset(inputs, dataset.tensors[1], teacher_logits)
+            else:  # the teacher's predictions stand in for targets in train's accuracy
+                data = TensorDataset(inputs, teacher_logits.argmax(1), teacher_logits)
 
             def loss_fn(logits: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-                return kd_loss(logits, batch[2], batch[1], temperature=temperature, alpha=alpha)
+                targets = batch[1] if labels else None
+                return kd_loss(logits, batch[2], targets, temperature=temperature, alpha=alpha)
 
         else:
-            data = TensorDataset(inputs, targets)
+            assert teacher is not None
+            if labels:
+                data = TensorDataset(inputs, dataset.tensors[1])
+            else:
+                data = TensorDataset(inputs, predict(teacher, inputs).argmax(1))
 
             def loss_fn(logits: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
                 with torch.no_grad():
                     teacher_logits = teacher(batch[0])
+                targets = batch[1] if labels else None
                 return kd_loss(
-                    logits, teacher_logits, batch[1], temperature=temperature, alpha=alpha
+                    logits, teacher_logits, targets, temperature=temperature, alpha=alpha
                 )
 
         return train(student, data, epochs=epochs, loss_fn=loss_fn, **train_kwargs)
     finally:
-        teacher.train(was_training)
+        if teacher is not None:
+            teacher.train(was_training)
+
+
+# --------------------------------------------------------------------------- experiment protocols
+
+
+def cosine_sgd(
+    model: nn.Module, *, lr: float, total_steps: int, momentum: float = 0.9
+) -> tuple[torch.optim.Optimizer, Callable[[int], None]]:
+    r"""SGD with momentum whose learning rate decays to zero on a half cosine.
+
+    After step :math:`k` of :math:`K` the rate is
+    :math:`\eta_k = \eta\,\tfrac12\,(1 + \cos(\pi k / K))`: training ends at a
+    learning rate of zero, so the last epochs settle into a minimum instead of
+    bouncing around it ("trained to convergence" within the budget).
+
+    Args:
+        model: The network whose parameters are optimised.
+        lr: Initial learning rate :math:`\eta > 0`.
+        total_steps: :math:`K`, the optimizer steps of the whole run, >= 1.
+        momentum: SGD momentum in ``[0, 1)``.
+
+    Returns:
+        ``(optimizer, on_step)``: pass both to :func:`companion.training.train`
+        (``optimizer=``, ``on_step=``).
+
+    Raises:
+        ValueError, TypeError: For out-of-range ``lr``, ``momentum`` or ``total_steps``.
+
+    Example:
+        >>> opt, on_step = cosine_sgd(torch.nn.Linear(2, 2), lr=0.1, total_steps=4)
+        >>> for k in range(1, 5):
+        ...     on_step(k)
+        >>> opt.param_groups[0]["lr"]
+        0.0
+    """
+    total_steps = check_positive_int("total_steps", total_steps)
+    optimizer = make_optimizer(model, "sgd", lr=lr, momentum=momentum)
+
+    def on_step(step: int) -> None:
+        fraction = min(step, total_steps) / total_steps
+        for group in optimizer.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * fraction))
+
+    return optimizer, on_step
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one student is trained: SGD with momentum and a cosine decay to zero.
+
+    Attributes:
+        lr: Initial learning rate.
+        epochs: Passes over the labelled transfer set.
+        label_smoothing: Label smoothing of the plain cross-entropy (students
+            trained alone only), in ``[0, 1)``.
+        temperature: :math:`T` of :func:`kd_loss` (distilled students only).
+        alpha: :math:`\\alpha` of :func:`kd_loss` (distilled students only).
+        batch_size: Examples per step.
+        momentum: SGD momentum.
+    """
+
+    lr: float = 0.2
+    epochs: int = 22
+    label_smoothing: float = 0.0
+    temperature: float = 4.0
+    alpha: float = 0.9
+    batch_size: int = 256
+    momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        check_in_range("lr", self.lr, 0.0, float("inf"), low_inclusive=False, high_inclusive=False)
+        check_positive_int("epochs", self.epochs)
+        check_in_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_inclusive=False)
+        _check_temperature(self.temperature)
+        check_in_range("alpha", self.alpha, 0.0, 1.0)
+        check_positive_int("batch_size", self.batch_size)
+        check_in_range("momentum", self.momentum, 0.0, 1.0, high_inclusive=False)
+
+    def replace(self, **changes: Any) -> Recipe:
+        """A copy with some fields changed (validated again).
+
+        Example:
+            >>> Recipe(lr=0.1).replace(epochs=44).epochs
+            44
+        """
+        return dataclasses.replace(self, **changes)
+
+
+def fit(
+    student: nn.Module,
+    dataset: TensorDataset,
+    recipe: Recipe,
+    *,
+    seed: int,
+    teacher_logits: torch.Tensor | None = None,
+    labels: bool = True,
+    epochs: int | None = None,
+) -> History:
+    """Train ``student`` (or a teacher) alone or distilled, with :func:`cosine_sgd`.
+
+    Without ``teacher_logits`` the loss is the cross-entropy with
+    ``recipe.label_smoothing``; with them it is :func:`kd_loss` with
+    ``recipe.temperature`` and ``recipe.alpha`` (only its soft term when
+    ``labels=False``). Everything else (optimizer, schedule, batch size, data
+    order from ``seed``) is the same, so two arms that start from the same
+    weights differ only in their loss.
+
+    Args:
+        student: The network, trained in place.
+        dataset: ``(inputs, targets)``, or ``(inputs,)`` with ``labels=False``.
+        recipe: The hyper-parameters.
+        seed: Logical seed of the data order (see :func:`companion.training.train`).
+        teacher_logits: A teacher's logits for ``dataset``'s inputs, or ``None``.
+        labels: Whether the distilled student also sees the labels.
+        epochs: Overrides ``recipe.epochs`` (e.g. the same number of steps on a
+            larger transfer set).
+
+    Returns:
+        The training history.
+
+    Raises:
+        TypeError: If ``recipe`` is not a :class:`Recipe`.
+        ValueError: If ``labels=False`` without ``teacher_logits`` (a student
+            alone needs labels), and whatever :func:`distill` and
+            :func:`companion.training.train` reject.
+
+    Example:
+        >>> from companion.models import MLP
+        >>> ds = TensorDataset(torch.randn(64, 4), torch.randint(0, 3, (64,)))
+        >>> h = fit(MLP((4, 3)), ds, Recipe(lr=0.1, epochs=2, batch_size=16), seed=0)
+        >>> h["epoch"]
+        [1, 2]
+    """
+    if not isinstance(recipe, Recipe):
+        raise TypeError(
+            f"recipe must be a companion.distillation.Recipe, got {type(recipe).__name__}"
+        )
+    if not labels and teacher_logits is None:
+        raise ValueError("labels=False needs teacher_logits: a student trained alone needs labels")
+    epochs = recipe.epochs if epochs is None else check_positive_int("epochs", epochs)
+    steps = epochs * math.ceil(len(dataset) / recipe.batch_size)
+    optimizer, on_step = cosine_sgd(
+        student, lr=recipe.lr, total_steps=steps, momentum=recipe.momentum
+    )
+    common = dict(
+        epochs=epochs,
+        batch_size=recipe.batch_size,
+        optimizer=optimizer,
+        on_step=on_step,
+        seed=seed,
+        progress=False,
+    )
+    if teacher_logits is None:
+        smoothing = recipe.label_smoothing
+
+        def smoothed(logits: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            return F.cross_entropy(logits, batch[1], label_smoothing=smoothing)
+
+        return train(student, dataset, loss_fn=smoothed if smoothing else None, **common)
+    return distill(
+        student,
+        None,
+        dataset,
+        teacher_logits=teacher_logits,
+        labels=labels,
+        temperature=recipe.temperature,
+        alpha=recipe.alpha,
+        **common,
+    )
+
+
+def train_teachers(
+    labelled: TensorDataset,
+    seeds: list[int],
+    *,
+    sizes: tuple[int, ...] = (784, 300, 100, 10),
+    dropout: float = 0.2,
+    recipe: Recipe | None = None,
+) -> list[nn.Module]:
+    """One teacher per seed, each from its own initialisation and data order.
+
+    Args:
+        labelled: The teachers' labelled training data.
+        seeds: Logical seeds; teacher ``i`` starts from ``seed_everything(seeds[i])``.
+        sizes: Layer sizes of the :class:`companion.models.MLP` teachers.
+        dropout: Dropout before every hidden layer's output, in ``[0, 1)``.
+        recipe: The training recipe (default: ``lr=0.1``, 15 epochs, batch 128).
+
+    Returns:
+        The trained teachers, in eval mode, in the order of ``seeds``.
+
+    Raises:
+        ValueError, TypeError: For an empty ``seeds`` list, invalid sizes or
+            dropout, and whatever :func:`fit` rejects.
+
+    Example:
+        >>> ds = TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
+        >>> fast = Recipe(lr=0.1, epochs=1, batch_size=16)
+        >>> [type(t).__name__ for t in train_teachers(ds, [0, 1], sizes=(4, 8, 2), recipe=fast)]
+        ['MLP', 'MLP']
+    """
+    from .models import MLP
+    from .utils import seed_everything
+
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed, got none")
+    recipe = recipe or Recipe(lr=0.1, epochs=15, batch_size=128)
+    teachers = []
+    device = labelled.tensors[0].device
+    for seed in seeds:
+        seed_everything(seed)
+        teacher = MLP(sizes, dropout=dropout).to(device)
+        fit(teacher, labelled, recipe, seed=seed)
+        teachers.append(teacher.eval())
+    return teachers
+
+
+#: The arms of :func:`scarce_label_arms`, in order, with what each student saw.
+SCARCE_ARMS = {
+    "alone": "labels of the labelled part only",
+    "big teacher": "labelled part, soft targets of a teacher trained on all labels",
+    "small teacher": "labelled part, soft targets of a teacher trained on the same labels",
+    "small teacher, unlabelled": "all images without labels, soft targets of that teacher",
+    "alone, all labels": "all images with labels",
+    "big teacher, all labels": "all images with labels, soft targets of the big teacher",
+}
+
+
+def _accuracy(model: nn.Module, dataset: TensorDataset) -> float:
+    from .training import evaluate
+
+    return evaluate(model, dataset)["accuracy"]
+
+
+def scarce_label_arms(
+    train_part: TensorDataset,
+    test_set: TensorDataset,
+    *,
+    seeds: list[int],
+    big_teacher_logits: torch.Tensor,
+    small_teachers: list[nn.Module],
+    alone: Recipe,
+    distilled: Recipe,
+    unlabelled: Recipe | None = None,
+    labelled: int = 10_000,
+    student_sizes: tuple[int, ...] = (784, 30, 10),
+) -> dict[str, list[float]]:
+    """Students trained alone and distilled, when only ``labelled`` images have labels.
+
+    For every seed ``s`` (paired design): one student initialisation from
+    ``seed_everything(s)`` shared by all arms, the data order of ``s``, and
+    ``small_teachers[i]`` (trained with seed ``s`` on the same labelled part).
+    The arms are those of :data:`SCARCE_ARMS`: the student alone; distilled on
+    the labelled part from the big teacher (which saw every label) or from the
+    small teacher; distilled from the small teacher on every image *without*
+    labels (``labels=False``); and, for reference, alone and distilled from the
+    big teacher with every label. Arms on all images run
+    ``round(epochs * labelled / len(train_part))`` epochs: the same number of
+    optimizer steps as on the labelled part; the unlabelled arm uses
+    ``unlabelled`` instead when given (its ``epochs`` then count passes over
+    all images).
+
+    Args:
+        train_part: The training part; its first ``labelled`` images are the
+            labelled part.
+        test_set: Where every student is evaluated.
+        seeds: Logical seeds, one per repetition.
+        big_teacher_logits: The big teacher's logits for ``train_part``'s inputs.
+        small_teachers: One teacher per seed, trained on the labelled part.
+        alone: Recipe of the students trained alone (chosen on validation).
+        distilled: Recipe of the distilled students (chosen on validation).
+        unlabelled: Recipe of the unlabelled arm (its own loss, so its own
+            tuning); ``None`` uses ``distilled`` with the same number of steps.
+        labelled: How many images carry labels, in ``[1, len(train_part))``.
+        student_sizes: Layer sizes of the :class:`companion.models.MLP` student.
+
+    Returns:
+        ``{arm: [test accuracy per seed]}`` for the arms of :data:`SCARCE_ARMS`.
+
+    Raises:
+        ValueError: If ``seeds`` is empty, ``small_teachers`` does not hold
+            one teacher per seed, ``labelled`` is out of range, or the
+            logits do not match ``train_part``.
+        TypeError: If a recipe is not a :class:`Recipe`.
+    """
+    from .models import MLP
+    from .utils import clone_model, seed_everything
+
+    n = _check_labelled(train_part, "train_part")
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed, got none")
+    if len(small_teachers) != len(seeds):
+        raise ValueError(
+            f"small_teachers must hold one teacher per seed ({len(seeds)}), got {len(small_teachers)}"
+        )
+    labelled = check_positive_int("labelled", labelled)
+    if labelled >= n:
+        raise ValueError(f"labelled must be in [1, {n - 1}] (len(train_part) - 1), got {labelled}")
+    unlabelled_epochs = None
+    if unlabelled is None:
+        unlabelled = distilled
+    elif isinstance(unlabelled, Recipe):
+        unlabelled_epochs = unlabelled.epochs
+    for name, recipe in (("alone", alone), ("distilled", distilled), ("unlabelled", unlabelled)):
+        if not isinstance(recipe, Recipe):
+            raise TypeError(
+                f"{name} must be a companion.distillation.Recipe, got {type(recipe).__name__}"
+            )
+    _check_logits("big_teacher_logits", big_teacher_logits)
+    if len(big_teacher_logits) != n:
+        raise ValueError(
+            f"big_teacher_logits must have one row per image of train_part ({n}), "
+            f"got {len(big_teacher_logits)}"
+        )
+    inputs, targets = train_part.tensors[0], train_part.tensors[1]
+    part = TensorDataset(inputs[:labelled], targets[:labelled])
+    images_only = TensorDataset(inputs)
+    full_alone = max(1, round(alone.epochs * labelled / n))
+    full_distilled = max(1, round(distilled.epochs * labelled / n))
+    if unlabelled_epochs is None:
+        unlabelled_epochs = max(1, round(unlabelled.epochs * labelled / n))
+    results: dict[str, list[float]] = {arm: [] for arm in SCARCE_ARMS}
+    for seed, teacher in zip(seeds, small_teachers, strict=True):
+        small_logits = predict(teacher, inputs)
+        seed_everything(seed)
+        initial = MLP(student_sizes).to(inputs.device)
+        runs = {
+            "alone": (part, alone, None, True, None),
+            "big teacher": (part, distilled, big_teacher_logits[:labelled], True, None),
+            "small teacher": (part, distilled, small_logits[:labelled], True, None),
+            "small teacher, unlabelled": (
+                images_only,
+                unlabelled,
+                small_logits,
+                False,
+                unlabelled_epochs,
+            ),
+            "alone, all labels": (train_part, alone, None, True, full_alone),
+            "big teacher, all labels": (
+                train_part,
+                distilled,
+                big_teacher_logits,
+                True,
+                full_distilled,
+            ),
+        }
+        for arm, (data, recipe, logits, use_labels, epochs) in runs.items():
+            student = clone_model(initial)
+            fit(
+                student,
+                data,
+                recipe,
+                seed=seed,
+                teacher_logits=logits,
+                labels=use_labels,
+                epochs=epochs,
+            )
+            results[arm].append(_accuracy(student, test_set))
+    return results
+
+
+def _bias_counts(
+    model: nn.Module, dataset: TensorDataset, omitted: int, bias: float
+) -> tuple[int, int, int]:
+    """(errors, correctly classified images of ``omitted``, images predicted as ``omitted``)."""
+    scores = predict(model, dataset.tensors[0])
+    scores[:, omitted] += bias
+    predicted = scores.argmax(1)
+    truth = dataset.tensors[1]
+    errors = int((predicted != truth).sum())
+    recognised = int(((predicted == omitted) & (truth == omitted)).sum())
+    return errors, recognised, int((predicted == omitted).sum())
+
+
+def omitted_class(
+    train_part: TensorDataset,
+    val_set: TensorDataset,
+    test_set: TensorDataset,
+    *,
+    seeds: list[int],
+    teacher_logits: torch.Tensor,
+    recipe: Recipe,
+    omitted: int = 3,
+    sizes: tuple[int, ...] = (784, 100, 10),
+    biases: tuple[float, ...] = tuple(0.5 * i for i in range(13)),
+) -> dict[str, list[float]]:
+    """Hinton et al.'s omitted-class experiment, over seeds, with the bias chosen on validation.
+
+    For every seed, two students with the same initialisation and data order
+    are trained on ``train_part`` without any image of class ``omitted``: one
+    alone (cross-entropy, ``recipe.label_smoothing``), one distilled from the
+    teacher (``teacher_logits``, ``recipe.temperature`` and ``recipe.alpha``).
+    For each, the bias added to the logit of ``omitted`` is the value of
+    ``biases`` with the fewest errors on ``val_set`` (the smallest on ties);
+    the test set only reports.
+
+    Args:
+        train_part: Training images with labels (every class).
+        val_set: Where the bias is chosen.
+        test_set: Where the counts are measured.
+        seeds: Logical seeds, one per repetition.
+        teacher_logits: The teacher's logits for ``train_part``'s inputs.
+        recipe: Training recipe of both students.
+        omitted: The class left out of the transfer set.
+        sizes: Layer sizes of the :class:`companion.models.MLP` students.
+        biases: Candidate biases (non-empty).
+
+    Returns:
+        Per seed, under ``"<arm> <measure>"`` for arm ``alone`` and
+        ``distilled``: ``recognised`` (test images of ``omitted`` classified
+        correctly, no bias), ``bias`` (the chosen bias), ``recognised, bias``
+        and ``errors, bias`` (test counts with it), ``predicted`` (test images
+        predicted as ``omitted``, no bias); and ``"removed"``, the number of
+        training images left out.
+
+    Raises:
+        ValueError: If ``seeds`` or ``biases`` is empty, ``omitted`` is not a
+            class of ``train_part``, or the logits do not match it.
+        TypeError: If ``recipe`` is not a :class:`Recipe`.
+    """
+    from .models import MLP
+    from .utils import clone_model, seed_everything
+
+    n = _check_labelled(train_part, "train_part")
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed, got none")
+    if not biases:
+        raise ValueError("biases must hold at least one candidate bias, got none")
+    if not isinstance(recipe, Recipe):
+        raise TypeError(
+            f"recipe must be a companion.distillation.Recipe, got {type(recipe).__name__}"
+        )
+    _check_logits("teacher_logits", teacher_logits)
+    if len(teacher_logits) != n:
+        raise ValueError(
+            f"teacher_logits must have one row per image of train_part ({n}), got {len(teacher_logits)}"
+        )
+    inputs, targets = train_part.tensors[0], train_part.tensors[1]
+    keep = targets != omitted
+    if bool(keep.all()):
+        raise ValueError(f"omitted={omitted} is not a class of train_part")
+    transfer = TensorDataset(inputs[keep], targets[keep])
+    kept_logits = teacher_logits[keep]
+    results: dict[str, list[float]] = {"removed": []}
+    for seed in seeds:
+        seed_everything(seed)
+        initial = MLP(sizes).to(inputs.device)
+        for arm, logits in (("alone", None), ("distilled", kept_logits)):
+            student = clone_model(initial)
+            fit(student, transfer, recipe, seed=seed, teacher_logits=logits)
+            bias = min(biases, key=lambda b: _bias_counts(student, val_set, omitted, b)[0])
+            _, recognised, predicted = _bias_counts(student, test_set, omitted, 0.0)
+            errors_b, recognised_b, _ = _bias_counts(student, test_set, omitted, bias)
+            for measure, value in (
+                ("recognised", recognised),
+                ("bias", bias),
+                ("recognised, bias", recognised_b),
+                ("errors, bias", errors_b),
+                ("predicted", predicted),
+            ):
+                results.setdefault(f"{arm} {measure}", []).append(value)
+        results["removed"].append(int((~keep).sum()))
+    return results
