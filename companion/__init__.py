@@ -25,6 +25,7 @@ _SUBMODULES = (
     "data",
     "deploy",
     "distillation",
+    "experiments",
     "io",
     "metrics",
     "models",
