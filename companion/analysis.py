@@ -338,6 +338,33 @@ def leave_one_out_correlation(vectors: torch.Tensor) -> list[float]:
     return result
 
 
+def _fit(
+    model: nn.Module,
+    teacher: nn.Module | None,
+    train_set: TensorDataset,
+    epochs: int,
+    temperature: float,
+    alpha: float,
+    seed: int,
+    train_kwargs: dict[str, Any],
+) -> dict[str, list[float]]:
+    """Train ``model`` on the labels (``teacher=None``) or distil it from ``teacher``."""
+    from . import distillation, training
+
+    if teacher is None:
+        return training.train(model, train_set, epochs=epochs, seed=seed, **train_kwargs)
+    return distillation.distill(
+        model,
+        teacher,
+        train_set,
+        epochs=epochs,
+        temperature=temperature,
+        alpha=alpha,
+        seed=seed,
+        **train_kwargs,
+    )
+
+
 def prune_and_finetune(
     model: nn.Module,
     train_set: TensorDataset,
@@ -384,7 +411,7 @@ def prune_and_finetune(
             or ``criterion`` is unknown.
         TypeError: If ``model`` is not an ``nn.Module``.
     """
-    from . import distillation, pruning, training
+    from . import pruning
     from .utils import clone_model
 
     if not isinstance(model, nn.Module):
@@ -403,19 +430,7 @@ def prune_and_finetune(
     pruning.apply_masks(pruned, masks)
     history: dict[str, list[float]] = {"epoch": [], "loss": [], "train_accuracy": [], "seconds": []}
     if epochs:
-        if teacher is None:
-            history = training.train(pruned, train_set, epochs=epochs, seed=seed, **train_kwargs)
-        else:
-            history = distillation.distill(
-                pruned,
-                teacher,
-                train_set,
-                epochs=epochs,
-                temperature=temperature,
-                alpha=alpha,
-                seed=seed,
-                **train_kwargs,
-            )
+        history = _fit(pruned, teacher, train_set, epochs, temperature, alpha, seed, train_kwargs)
     return pruned, masks, history
 
 
@@ -472,7 +487,7 @@ def student_pipeline(
         TypeError: If ``student`` is not an MLP or ``teacher`` is neither
             ``None`` nor an ``nn.Module``.
     """
-    from . import deploy, distillation, pruning, surgery, training
+    from . import deploy, pruning, surgery
     from .models import MLP
     from .utils import clone_model
 
@@ -483,19 +498,9 @@ def student_pipeline(
     epochs = check_positive_int("epochs", epochs)
     finetune_epochs = check_positive_int("finetune_epochs", finetune_epochs, allow_zero=True)
     check_in_range("amount", amount, 0.0, 1.0, high_inclusive=False)
-    if teacher is None:
-        train_history = training.train(student, train_set, epochs=epochs, seed=seed, **train_kwargs)
-    else:
-        train_history = distillation.distill(
-            student,
-            teacher,
-            train_set,
-            epochs=epochs,
-            temperature=temperature,
-            alpha=alpha,
-            seed=seed,
-            **train_kwargs,
-        )
+    train_history = _fit(
+        student, teacher, train_set, epochs, temperature, alpha, seed, train_kwargs
+    )
     masked, _, finetune_history = prune_and_finetune(
         student,
         train_set,
