@@ -285,37 +285,34 @@ def accuracy_se(accuracy: float, n_test: int) -> float:
     return math.sqrt(accuracy * (1 - accuracy) / n_test)
 
 
-def check(condition: bool, claim: str, detail: object = "") -> str:
-    """Assert a claim the prose makes; print and return ``"check passed: <claim>"``.
+def check(condition: bool, claim: str, detail: object = "") -> None:
+    """Assert a claim the prose makes and print ``"check passed: <claim>"``.
+
+    Nothing is returned, so a check as a cell's last line shows its line once.
 
     Args:
         condition: Whether the evidence supports the claim.
         claim: The claim in words, as the prose states it.
         detail: What to show when it fails (the numbers).
 
-    Returns:
-        The printed line.
-
     Raises:
         AssertionError: If ``condition`` is false, naming the claim and ``detail``.
     """
     if not condition:
         raise AssertionError(f"claim not supported: {claim}. Evidence: {detail}")
-    line = f"check passed: {claim}"
-    print(line)
-    return line
+    print(f"check passed: {claim}")
 
 
-def check_better(difference: Summary, claim: str) -> str:
+def check_better(difference: Summary, claim: str) -> None:
     """Assert that a paired difference is positive: its whole interval above 0."""
-    return check(difference.low > 0, claim, f"paired difference {difference}")
+    check(difference.low > 0, claim, f"paired difference {difference}")
 
 
-def check_within(summary: Summary, tolerance: float, claim: str) -> str:
+def check_within(summary: Summary, tolerance: float, claim: str) -> None:
     """Assert that the whole interval lies inside ``[-tolerance, tolerance]``."""
-    return check(summary.within(tolerance), claim, f"{summary}, tolerance ±{tolerance}")
+    check(summary.within(tolerance), claim, f"{summary}, tolerance ±{tolerance}")
 
 
-def check_below(summary: Summary, limit: float, claim: str) -> str:
+def check_below(summary: Summary, limit: float, claim: str) -> None:
     """Assert that the whole interval lies below ``limit`` ("costs under x")."""
-    return check(summary.high < limit, claim, f"{summary}, limit {limit}")
+    check(summary.high < limit, claim, f"{summary}, limit {limit}")
