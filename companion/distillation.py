@@ -627,7 +627,7 @@ def scarce_label_arms(
     For every seed ``s`` (paired design): one student initialisation from
     ``seed_everything(s)`` shared by all arms, the data order of ``s``, and
     ``small_teachers[i]`` (trained with seed ``s`` on the same labelled part).
-    The arms are those of :data:`SCARCE_ARMS`: the student alone; distilled on
+    The arms are those of ``SCARCE_ARMS``: the student alone; distilled on
     the labelled part from the big teacher (which saw every label) or from the
     small teacher; distilled from the small teacher on every image *without*
     labels (``labels=False``); and, for reference, alone and distilled from the
@@ -652,7 +652,7 @@ def scarce_label_arms(
         student_sizes: Layer sizes of the :class:`companion.models.MLP` student.
 
     Returns:
-        ``{arm: [test accuracy per seed]}`` for the arms of :data:`SCARCE_ARMS`.
+        ``{arm: [test accuracy per seed]}`` for the arms of ``SCARCE_ARMS``.
 
     Raises:
         ValueError: If ``seeds`` is empty, ``small_teachers`` does not hold

@@ -121,7 +121,7 @@ def train_references(
 
     Raises:
         TypeError: If ``make_model`` is not callable or does not return an ``nn.Module``.
-        ValueError: For empty or repeated seeds and out-of-range numbers (as :func:`train`).
+        ValueError: For empty or repeated seeds and out-of-range numbers (as :func:`companion.training.train`).
 
     Example:
         >>> ds = TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,)))
@@ -229,7 +229,7 @@ def l1_runs(
         epochs: Training epochs, >= 1.
         lr: Plain-SGD learning rate :math:`\eta`, > 0.
         batch_size: Examples per step.
-        small: The ``near_zero`` threshold of :func:`~companion.metrics.weight_stats`.
+        small: The ``near_zero`` threshold of ``companion.metrics.weight_stats``.
 
     Returns:
         ``(rows, models)``: one row per run with keys ``seed``, ``lambda``,
@@ -237,7 +237,7 @@ def l1_runs(
         ``mean_abs_w``; ``models[(seed, lambda, method)]`` the trained network.
 
     Raises:
-        ValueError: For an empty or negative ``lambdas`` and the errors of :func:`train`.
+        ValueError: For an empty or negative ``lambdas`` and the errors of :func:`companion.training.train`.
         TypeError: If ``make_model`` is not callable.
 
     Example:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,8 +49,6 @@ __all__ = [
     "check_within",
     "check_below",
 ]
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -211,12 +209,12 @@ def paired_difference(a: Any, b: Any, confidence: float = 0.95) -> Summary:
 
 
 def over_seeds(
-    fn: Callable[[int], T],
+    fn: Callable[[int], Any],
     seeds: Iterable[int],
     *,
     progress: bool = True,
     desc: str = "seeds",
-) -> list[T]:
+) -> list[Any]:
     """Run ``fn(seed)`` once per seed, each after ``seed_everything(seed)``.
 
     Args:
