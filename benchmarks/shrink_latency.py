@@ -59,7 +59,7 @@ def main() -> None:
         f"parameters: dense / shrunk = {cp.metrics.count_parameters(dense) / cp.metrics.count_parameters(shrunk):.2f}x"
     )
     print("median latency per forward pass (ms); speedup = dense / shrunk")
-    print(cp.metrics.latency_by_batch(models, min_run_time=args.min_run_time))
+    print(cp.speed.latency_by_batch(models, min_run_time=args.min_run_time))
 
 
 if __name__ == "__main__":

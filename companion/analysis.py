@@ -200,7 +200,7 @@ def train_step_flops(model: nn.Module, inputs: torch.Tensor, targets: torch.Tens
         >>> train_step_flops(layer, torch.rand(1, 784), torch.tensor([3]))
         31360
     """
-    from .metrics import _quiet_import
+    from .speed import _quiet_import
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .metrics import current_weight
+from .masks import current_weight
 from .surgery import alive_units as alive_channels
 
 __all__ = ["LeNet5", "shrink_lenet5", "alive_channels"]
@@ -48,6 +48,9 @@ class LeNet5(nn.Module):
         >>> sum(p.numel() for p in net.parameters())
         61706
     """
+
+    #: Shape of one input example, read by :mod:`companion.speed`.
+    example_input_shape: tuple[int, ...] = (1, 28, 28)
 
     def __init__(
         self,

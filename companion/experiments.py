@@ -22,12 +22,14 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from .data import _check_dataset
-from .metrics import Table, layer_sparsity, prunable_layers, sparsity, weight_stats
+from .masks import prunable_layers
+from .metrics import layer_sparsity, sparsity, weight_stats
 from .models import MLP
 from .penalties import l1_penalty, soft_threshold_
 from .pruning import apply_masks, magnitude_masks, random_masks
 from .stats import summarize
 from .surgery import shrink
+from .table import Table
 from .training import evaluate, train
 from .utils import check_in_range, check_positive_int, clone_model, make_generator, seed_everything
 
@@ -660,10 +662,10 @@ def summary_table(
         keys: The columns that define a setting (e.g. ``["scope", "criterion", "amount"]``).
         columns: The measured values to summarise (mean ± 95% interval, n); a
             setting where a column is ``None`` gets ``None`` (printed ``n/a``).
-        formats: Format specs per column, passed to :class:`~companion.metrics.Table`.
+        formats: Format specs per column, passed to :class:`~companion.table.Table`.
 
     Returns:
-        A :class:`~companion.metrics.Table` in the order settings first appear.
+        A :class:`~companion.table.Table` in the order settings first appear.
 
     Raises:
         ValueError: If ``rows`` is empty.

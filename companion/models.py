@@ -53,6 +53,11 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     @property
+    def example_input_shape(self) -> tuple[int, ...]:
+        """Shape of one input example, read by :mod:`companion.speed`: an MNIST image for 784 inputs."""
+        return (1, 28, 28) if self.sizes[0] == 28 * 28 else (self.sizes[0],)
+
+    @property
     def linears(self) -> list[nn.Linear]:
         """The ``nn.Linear`` layers in order, ``fc1`` first."""
         return [getattr(self, f"fc{i}") for i in range(1, len(self.sizes))]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .metrics import prunable_layers
+from .masks import prunable_layers
 from .utils import check_in_range
 
 __all__ = [

@@ -1,9 +1,11 @@
 """Pruning masks, built on ``torch.nn.utils.prune``.
 
 The functional core computes masks (:func:`magnitude_masks`,
-:func:`random_masks`); thin wrappers put them on a model
-(:func:`apply_masks`), fold them in (:func:`make_permanent`) and run the
-source article's prune-evaluate-restore loop (:func:`iterative_prune`).
+:func:`random_masks`); :mod:`companion.masks` puts them on a model
+(:func:`~companion.masks.apply_masks`) and folds them in
+(:func:`~companion.masks.make_permanent`), and :func:`iterative_prune` runs the
+source article's prune-evaluate-restore loop. ``apply_masks``, ``current_masks``,
+``is_pruned`` and ``make_permanent`` are importable from here too.
 
 Masks use PyTorch's own re-parametrisation, so everything here interoperates
 with ``torch.nn.utils.prune``: a pruned layer holds the parameter
@@ -32,13 +34,16 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from .metrics import (
+from .masks import (
+    apply_masks,
+    current_masks,
     current_weight,
-    layer_sparsity,
+    is_pruned,
+    make_permanent,
     prunable_layers,
     refresh_masked_weights,
-    sparsity,
 )
+from .metrics import layer_sparsity, sparsity
 from .utils import _check_callable, _check_generator, check_in_range, check_positive_int
 
 __all__ = [
@@ -265,113 +270,6 @@ def random_masks(
 
     scores, shapes = _unit_scores(layers, structured, 1, random_score)
     return _mask_from_scores(scores, amount, scope, shapes, structured)
-
-
-# --------------------------------------------------------------------------- applying masks
-
-
-def _check_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, nn.Module]:
-    if not isinstance(masks, dict):
-        raise TypeError(
-            f"masks must be a dict of {{layer name: tensor}}, got {type(masks).__name__}"
-        )
-    layers = prunable_layers(model)
-    for name, mask in masks.items():
-        if name not in layers:
-            raise ValueError(
-                f"masks names {name!r}, which is not a prunable layer of the model; layers are {list(layers)}"
-            )
-        if not isinstance(mask, torch.Tensor):
-            raise TypeError(f"masks[{name!r}] must be a tensor, got {type(mask).__name__}")
-        if mask.shape != layers[name].weight.shape:
-            raise ValueError(
-                f"masks[{name!r}] has shape {tuple(mask.shape)}, but the weight of {name!r} has shape "
-                f"{tuple(layers[name].weight.shape)}"
-            )
-        if not bool(((mask == 0) | (mask == 1)).all()):
-            raise ValueError(f"masks[{name!r}] must contain only 0 and 1")
-    return layers
-
-
-@torch.no_grad()
-def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
-    """Put masks on the model's layers, replacing any mask a layer already has.
-
-    A layer that is not yet pruned is re-parametrised with
-    ``prune.custom_from_mask`` (``weight_orig`` and ``weight_mask`` appear);
-    for a layer that is, the mask buffer is overwritten. Masked weights read as
-    zero in every forward pass and stay zero through any later training.
-    Layers missing from ``masks`` are left as they are.
-
-    Args:
-        model: The network, modified in place.
-        masks: ``{layer name: 0/1 tensor shaped like its weight}``.
-
-    Returns:
-        ``model``, for chaining.
-
-    Raises:
-        ValueError: If a name is not a prunable layer, a shape differs, or a
-            mask holds values other than 0 and 1.
-        TypeError: If ``masks`` is not a dict of tensors.
-
-    Example:
-        >>> net = nn.Sequential(nn.Linear(2, 2))
-        >>> _ = apply_masks(net, {"0": torch.tensor([[1.0, 0.0], [0.0, 1.0]])})
-        >>> sorted(name for name, _ in net.named_buffers())
-        ['0.weight_mask']
-    """
-    layers = _check_masks(model, masks)
-    for name, mask in masks.items():
-        module = layers[name]
-        mask = mask.to(device=module.weight.device, dtype=module.weight.dtype)
-        if prune.is_pruned(module) and hasattr(module, "weight_mask"):
-            module.weight_mask.copy_(mask)
-            module.weight = module.weight_orig * module.weight_mask
-        else:
-            prune.custom_from_mask(module, "weight", mask)
-    return model
-
-
-def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Copies of the masks of every pruned layer, as a mask dict."""
-    return {
-        name: m.weight_mask.detach().clone()
-        for name, m in prunable_layers(model).items()
-        if hasattr(m, "weight_mask")
-    }
-
-
-def is_pruned(model: nn.Module) -> bool:
-    """Whether any layer of ``model`` carries a ``torch.nn.utils.prune`` mask."""
-    return prune.is_pruned(model)
-
-
-def make_permanent(model: nn.Module) -> nn.Module:
-    """Fold every mask into its weight (``prune.remove``): pruned weights become plain zeros.
-
-    The model then has ordinary ``weight`` parameters again and a checkpoint
-    no longer stores ``weight_orig`` and ``weight_mask``. This cannot be
-    undone. Structured zeros can afterwards be cut out by
-    :func:`companion.surgery.shrink`.
-
-    Returns:
-        ``model``, modified in place.
-
-    Example:
-        >>> net = nn.Sequential(nn.Linear(2, 2))
-        >>> _ = apply_masks(net, {"0": torch.ones(2, 2)})
-        >>> is_pruned(make_permanent(net))
-        False
-    """
-    for module in model.modules():
-        for name in [
-            n[: -len("_orig")]
-            for n, _ in module.named_parameters(recurse=False)
-            if n.endswith("_orig")
-        ]:
-            prune.remove(module, name)
-    return model
 
 
 def structured_sparsity(model: nn.Module) -> float:

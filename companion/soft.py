@@ -50,7 +50,7 @@ from torch.utils.data import TensorDataset
 
 from .data import num_batches
 from .io import ModelFileError, atomic_write, read_archive
-from .metrics import effective_weights, latency, prunable_layers
+from .masks import effective_weights, prunable_layers
 from .models import article_mlp, lenet_300_100
 from .penalties import l2_penalty, soft_threshold_
 from .pruning import (
@@ -62,6 +62,7 @@ from .pruning import (
     magnitude_masks,
     make_permanent,
 )
+from .speed import latency
 from .training import evaluate, make_optimizer, train
 from .utils import check_in_range, check_positive_int, clone_model, seed_everything
 
@@ -932,7 +933,7 @@ def latency_rounds(
     """Forward-pass latency of several models, one median per interleaved round.
 
     Every round times every model for ``seconds_per_round`` (with
-    :func:`companion.metrics.latency`), so a burst of background load lands on
+    :func:`companion.speed.latency`), so a burst of background load lands on
     all models of a round alike; ratios taken round by round are paired
     measurements that :func:`companion.stats.summarize` can put an interval on.
 

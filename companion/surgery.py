@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .metrics import current_weight
+from .masks import current_weight
 from .models import MLP
 
 __all__ = ["alive_units", "shrink"]

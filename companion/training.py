@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from .data import _check_dataset, iterate_batches, num_batches
-from .metrics import refresh_masked_weights
+from .masks import refresh_masked_weights
 from .utils import _check_callable, actual_seed, check_in_range, check_positive_int
 
 __all__ = ["train", "evaluate", "predict", "make_optimizer", "History", "LossFn"]

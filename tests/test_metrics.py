@@ -10,25 +10,21 @@ from torch import nn
 from torch.nn.utils import prune
 from torch.utils.data import TensorDataset
 
-from companion import metrics
+from companion import speed
 from companion.deploy import quantize_dynamic_int8
+from companion.masks import PRUNABLE_TYPES, effective_weights, prunable_layers
 from companion.metrics import (
-    PRUNABLE_TYPES,
-    Table,
-    compare_models,
     compressed_bytes,
     count_nonzero,
     count_parameters,
-    effective_weights,
-    flops,
-    latency,
-    latency_by_batch,
     layer_sparsity,
     model_bytes,
-    prunable_layers,
     sparsity,
 )
 from companion.models import MLP
+from companion.report import compare_models
+from companion.speed import flops, latency, latency_by_batch
+from companion.table import Table
 
 FAST = 0.01  # min_run_time for every latency measurement here: the value is never asserted
 
@@ -188,7 +184,7 @@ def test_flops_of_an_mlp_ignore_zeros():
 
 def test_flops_of_a_conv_layer():
     conv = nn.Conv2d(1, 4, 3)
-    assert flops(conv, batch_size=2) == 2 * 2 * 4 * 26 * 26 * (1 * 3 * 3)
+    assert flops(conv, (1, 28, 28), batch_size=2) == 2 * 2 * 4 * 26 * 26 * (1 * 3 * 3)
 
 
 @pytest.mark.parametrize("bad, error", [(0, ValueError), (-1, ValueError), (2.0, TypeError)])
@@ -387,13 +383,13 @@ def test_sparsity_needs_a_prunable_layer(function):
 def test_latencies_measures_every_model_in_interleaved_rounds(monkeypatch):
     calls = []
 
-    def fake_latency(model, batch_size, *, input_shape, min_run_time):
+    def fake_latency(model, batch_size, *, input_shape, example_input, min_run_time):
         calls.append((model, min_run_time))
         return 0.001 * (len(calls) % 3 + 1)
 
-    monkeypatch.setattr(metrics, "latency", fake_latency)
+    monkeypatch.setattr(speed, "latency", fake_latency)
     a, b = nn.Linear(4, 2), nn.Linear(4, 3)
-    times = metrics.latencies({"a": a, "b": b}, 8, input_shape=(4,), min_run_time=1.0, rounds=3)
+    times = speed.latencies({"a": a, "b": b}, 8, input_shape=(4,), min_run_time=1.0, rounds=3)
     assert [model for model, _ in calls] == [a, b, a, b, a, b]
     assert all(run_time == pytest.approx(1.0 / 3) for _, run_time in calls)
     assert set(times) == {"a", "b"}
@@ -412,11 +408,12 @@ def test_latencies_measures_every_model_in_interleaved_rounds(monkeypatch):
 def test_latencies_rejects_bad_arguments(kwargs, match):
     arguments = {"models": {"a": nn.Linear(4, 2)}, "input_shape": (4,), **kwargs}
     with pytest.raises(ValueError, match=match):
-        metrics.latencies(**arguments)
+        speed.latencies(**arguments)
 
 
 def test_latencies_on_another_device_time_copies_and_leave_the_models_alone():
-    from companion.metrics import compare_models, latencies
+    from companion.report import compare_models
+    from companion.speed import latencies
 
     net = nn.Sequential(nn.Linear(4, 3))
     times = latencies({"net": net}, 8, input_shape=(4,), min_run_time=0.02, device="cpu")

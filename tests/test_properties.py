@@ -19,7 +19,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from companion.distillation import kd_loss
-from companion.metrics import effective_weights, prunable_layers
+from companion.masks import effective_weights, prunable_layers
 from companion.models import MLP
 from companion.penalties import group_lasso_penalty, l1_penalty, l2_penalty, soft_threshold_
 from companion.pruning import apply_masks, iterative_prune, magnitude_masks, make_permanent

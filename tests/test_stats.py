@@ -123,7 +123,7 @@ def test_excludes_and_within():
 
 def test_table_prints_summaries_with_formats():
     s = summarize([0.97, 0.98, 0.975])
-    table = cp.metrics.Table([{"arm": "a", "acc": s}], {"acc": ".2%"})
+    table = cp.table.Table([{"arm": "a", "acc": s}], {"acc": ".2%"})
     assert format(s, ".2%") in str(table)
     assert format(s, ".2%") in table._repr_html_()
 
