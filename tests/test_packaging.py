@@ -42,3 +42,17 @@ def test_metadata_declares_spdx_mit(wheel):
 
 def test_repository_has_the_license_file():
     assert (REPO / "LICENSE").read_text().startswith("MIT License")
+
+
+def test_matplotlib_is_a_book_dependency_only(wheel):
+    """The package never imports matplotlib; only the chapters' figures need it (the book extra)."""
+    (metadata,) = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
+    requires = [
+        line.split(":", 1)[1].strip()
+        for line in wheel.read(metadata).decode().splitlines()
+        if line.startswith("Requires-Dist:")
+    ]
+    matplotlib = [r for r in requires if r.startswith("matplotlib")]
+    assert matplotlib and all('extra == "book"' in r for r in matplotlib), matplotlib
+    sources = [wheel.read(n).decode() for n in wheel.namelist() if n.endswith(".py")]
+    assert sources and not any("import matplotlib" in s for s in sources)

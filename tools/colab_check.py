@@ -57,8 +57,9 @@ except ModuleNotFoundError:  # Python 3.10
 
 REPO = Path(__file__).resolve().parents[1]
 DIST_NAME = "pruning-distillation-companion"
-#: What Colab preinstalls that the package declares, and the runtime of every Colab notebook.
-PREINSTALLED = ("torch", "torchvision")
+#: What Colab preinstalls that the package declares or the notebooks import (matplotlib: the
+#: figures, a dependency of the ``book`` extra only), and the runtime of every Colab notebook.
+PREINSTALLED = ("torch", "torchvision", "matplotlib")
 RUNTIME = ("ipykernel", "pip")
 KERNEL = "colab-sim"
 
