@@ -2,8 +2,10 @@
 
 * Pareto fronts (:func:`pareto_front`) and what unstructured sparsity costs on
   disk in compressed-sparse-row form (:func:`csr_bytes`);
-* the compression pipeline of one seed, with or without a teacher
-  (:func:`student_pipeline`), and prune-then-fine-tune (:func:`prune_and_finetune`);
+* the compression pipeline of one seed, with or without a teacher, up to the
+  exported ONNX files (:func:`student_pipeline`), prune-then-fine-tune
+  (:func:`prune_and_finetune`), and one model quantised five ways, with and
+  without quantisation-aware fine-tuning (:func:`quantization_variants`);
 * mask stability across seeds where units correspond: kept connections per
   input (:func:`kept_per_input`), correlation with the other seeds
   (:func:`leave_one_out_correlation`) against a chance level with the same
@@ -14,6 +16,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,6 +41,7 @@ __all__ = [
     "leave_one_out_correlation",
     "prune_and_finetune",
     "student_pipeline",
+    "quantization_variants",
 ]
 
 
@@ -445,9 +449,11 @@ def student_pipeline(
     temperature: float = 4.0,
     alpha: float = 0.9,
     seed: int = 0,
+    export_to: str | os.PathLike | None = None,
+    calibration_size: int = 1000,
     **train_kwargs: Any,
 ) -> dict[str, Any]:
-    """One seed of the compression pipeline: train, prune neurons, fine-tune, shrink, int8.
+    """One seed of the compression pipeline: train, prune neurons, fine-tune, shrink, int8, export.
 
     1. ``student`` (freshly initialised, an :class:`companion.models.MLP`) is
        trained for ``epochs``: distilled from ``teacher``
@@ -458,8 +464,13 @@ def student_pipeline(
        ``finetune_epochs`` with the same loss as in step 1;
     3. the masks are folded in and the dead neurons cut out
        (:func:`companion.surgery.shrink`);
-    4. the shrunk model is quantised to int8
-       (:func:`companion.deploy.quantize_dynamic_int8`, on the CPU).
+    4. the shrunk model is quantised to int8 with torchao
+       (:func:`companion.deploy.quantize_dynamic_int8`, on the CPU);
+    5. with ``export_to``, the shrunk float model is exported to ONNX
+       (:func:`companion.deploy.export_onnx`) and the file quantised with ONNX
+       Runtime, dynamically and statically, the static one calibrated on the
+       first ``calibration_size`` training inputs
+       (:func:`companion.deploy.quantize_onnx`).
 
     Give both arms the same seed (call ``seed_everything(seed)`` before
     building each student) and they share the initialisation and data order.
@@ -473,19 +484,24 @@ def student_pipeline(
         amount: Fraction of hidden neurons pruned, in ``[0, 1)``.
         temperature, alpha: Distillation settings (ignored without a teacher).
         seed: Logical seed of the data order of both training phases.
+        export_to: An existing folder for the ONNX files of step 5 (``None``: no export).
+        calibration_size: Training inputs that calibrate the static int8 file, >= 1.
         **train_kwargs: Passed on to the training loop (``lr``, ``momentum``,
             ``batch_size``, ``progress``, ...).
 
     Returns:
         A dict with the models ``"student"`` (after step 1), ``"masked"`` (after
-        step 2, masks in place), ``"shrunk"`` and ``"int8"``, and the histories
-        ``"train_history"`` and ``"finetune_history"``.
+        step 2, masks in place), ``"shrunk"`` and ``"int8"``, the histories
+        ``"train_history"`` and ``"finetune_history"``, and, with ``export_to``,
+        ``"onnx"``: the paths ``{"shrunk": ..., "int8 dynamic": ..., "int8 static": ...}``
+        (``shrunk.onnx``, ``int8_dynamic.onnx``, ``int8_static.onnx``).
 
     Raises:
-        ValueError: If ``epochs < 1``, ``finetune_epochs < 0`` or ``amount`` is
-            outside ``[0, 1)``.
+        ValueError: If ``epochs < 1``, ``finetune_epochs < 0``, ``amount`` is
+            outside ``[0, 1)`` or ``calibration_size < 1``.
         TypeError: If ``student`` is not an MLP or ``teacher`` is neither
             ``None`` nor an ``nn.Module``.
+        FileNotFoundError: If ``export_to`` is not an existing folder.
     """
     from . import deploy, pruning, surgery
     from .models import MLP
@@ -498,6 +514,9 @@ def student_pipeline(
     epochs = check_positive_int("epochs", epochs)
     finetune_epochs = check_positive_int("finetune_epochs", finetune_epochs, allow_zero=True)
     check_in_range("amount", amount, 0.0, 1.0, high_inclusive=False)
+    calibration_size = check_positive_int("calibration_size", calibration_size)
+    if export_to is not None and not Path(export_to).is_dir():
+        raise FileNotFoundError(f"export_to must be an existing folder, got {export_to}")
     train_history = _fit(
         student, teacher, train_set, epochs, temperature, alpha, seed, train_kwargs
     )
@@ -515,7 +534,7 @@ def student_pipeline(
     )
     permanent = pruning.make_permanent(clone_model(masked))
     shrunk = surgery.shrink(permanent)
-    return {
+    result = {
         "student": student,
         "masked": masked,
         "shrunk": shrunk,
@@ -523,3 +542,73 @@ def student_pipeline(
         "train_history": train_history,
         "finetune_history": finetune_history,
     }
+    if export_to is not None:
+        inputs = train_set.tensors[0]
+        folder = Path(export_to)
+        float_file = deploy.export_onnx(shrunk, folder / "shrunk.onnx", inputs[:2])
+        result["onnx"] = {
+            "shrunk": float_file,
+            "int8 dynamic": deploy.quantize_onnx(float_file, folder / "int8_dynamic.onnx"),
+            "int8 static": deploy.quantize_onnx(
+                float_file, folder / "int8_static.onnx", inputs[:calibration_size]
+            ),
+        }
+    return result
+
+
+def quantization_variants(
+    model: nn.Module,
+    train_set: TensorDataset,
+    *,
+    epochs: int,
+    seed: int = 0,
+    **train_kwargs: Any,
+) -> dict[str, nn.Module]:
+    """One trained model quantised to int8 five ways, two of them after fine-tuning.
+
+    * ``"float"``: a CPU copy of ``model``, unquantised (the reference);
+    * ``"dynamic int8"``: :func:`companion.deploy.quantize_dynamic_int8`;
+    * ``"weight-only int8"``: :func:`companion.deploy.quantize_weight_only_int8`;
+    * ``"fine-tuned + dynamic int8"``: a copy fine-tuned ``epochs`` more in
+      float, then quantised as above: the control for the next one, with the
+      same budget;
+    * ``"QAT + int8"``: a copy fine-tuned ``epochs`` with fake quantisation
+      (:func:`companion.deploy.prepare_qat`), then converted
+      (:func:`companion.deploy.convert_qat`).
+
+    Both fine-tuned copies see the same data order (``seed``) and settings, so
+    "QAT minus control" measures what simulating the rounding during training
+    buys, not the extra epochs.
+
+    Args:
+        model: A trained float model with ``nn.Linear`` layers (not modified).
+        train_set: Fine-tuning data on the model's device.
+        epochs: Fine-tuning epochs of the last two variants, >= 1.
+        seed: Logical seed of the fine-tuning data order.
+        **train_kwargs: Passed on to :func:`companion.training.train` (``lr``, ...).
+
+    Returns:
+        The five models, in the order above, each in eval mode on the CPU.
+
+    Raises:
+        TypeError: If ``model`` is not an ``nn.Module``.
+        ValueError: If ``epochs < 1`` or ``model`` has no ``nn.Linear`` layer.
+    """
+    from . import deploy, training
+    from .utils import clone_model
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    epochs = check_positive_int("epochs", epochs)
+    variants = {  # first, so that a model without nn.Linear fails before any training
+        "float": clone_model(model).cpu().eval(),
+        "dynamic int8": deploy.quantize_dynamic_int8(model),
+        "weight-only int8": deploy.quantize_weight_only_int8(model),
+    }
+    control = clone_model(model).train()
+    training.train(control, train_set, epochs=epochs, seed=seed, **train_kwargs)
+    prepared = deploy.prepare_qat(model).train()
+    training.train(prepared, train_set, epochs=epochs, seed=seed, **train_kwargs)
+    variants["fine-tuned + dynamic int8"] = deploy.quantize_dynamic_int8(control)
+    variants["QAT + int8"] = deploy.convert_qat(prepared)
+    return variants

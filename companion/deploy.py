@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from .io import atomic_write
 from .pruning import make_permanent
@@ -53,6 +54,7 @@ __all__ = [
     "quantize_onnx",
     "onnx_session",
     "run_onnx",
+    "evaluate_onnx",
     "check_export",
     "onnx_latency",
 ]
@@ -84,11 +86,10 @@ def _without_masks(model: nn.Module) -> nn.Module:
 
 @contextlib.contextmanager
 def _quiet_loggers(*names: str) -> Iterator[None]:
-    """Silence the named loggers' warnings for the duration (they are restored after).
+    """Silence the named loggers' warnings for the duration (their levels are restored after).
 
-    torchao's import logs a note about ``register_constant`` through
-    ``torch.utils._pytree``, and ONNX Runtime's quantiser logs advice on the root
-    logger on every call; neither concerns the reader.
+    ONNX Runtime's quantiser logs advice ("consider pre-processing") on the root
+    logger on every call; it does not concern the reader.
     """
     loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
@@ -101,10 +102,25 @@ def _quiet_loggers(*names: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
+class _DropEnumRegistrationNote(logging.Filter):
+    """Drops torch's note that torchao registers its Enums with pytree (a torchao detail).
+
+    torchao registers some Enums on import and some lazily, the first time a
+    quantised or fake-quantised layer runs, so silencing the import alone is not enough;
+    the filter drops that one message and nothing else.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is an Enum subclass and is now natively supported" not in record.getMessage()
+
+
 def _torchao_quantization():
-    with _quiet_loggers("torch.utils._pytree"):
-        import torchao.quantization as quantization
-        import torchao.quantization.qat as qat
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    if not any(isinstance(f, _DropEnumRegistrationNote) for f in pytree_log.filters):
+        pytree_log.addFilter(_DropEnumRegistrationNote())
+    import torchao.quantization as quantization
+    import torchao.quantization.qat as qat
+
     return quantization, qat
 
 
@@ -503,6 +519,30 @@ def run_onnx(
         for i in range(0, len(x), batch_size)
     ]
     return torch.cat(outputs)
+
+
+def evaluate_onnx(path: str | os.PathLike, dataset: TensorDataset, *, threads: int = 1) -> float:
+    """Accuracy of an ONNX file on a labelled data set, run in ONNX Runtime.
+
+    Args:
+        path: An ONNX file.
+        dataset: ``TensorDataset(inputs, labels)`` (any device; moved to the CPU).
+        threads: ``intra_op_num_threads`` of the session, >= 1.
+
+    Returns:
+        The fraction of inputs whose largest output is the label.
+
+    Raises:
+        TypeError: If ``dataset`` is not a two-tensor ``TensorDataset``.
+        FileNotFoundError, ValueError: As :func:`onnx_session`.
+    """
+    if not isinstance(dataset, TensorDataset) or len(dataset.tensors) != 2:
+        raise TypeError(
+            f"dataset must be a TensorDataset of (inputs, labels), got {type(dataset).__name__}"
+        )
+    inputs, labels = dataset.tensors
+    predicted = run_onnx(onnx_session(path, threads), inputs).argmax(1)
+    return float((predicted == labels.cpu()).float().mean())
 
 
 @torch.no_grad()

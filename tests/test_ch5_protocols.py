@@ -108,6 +108,64 @@ def test_student_pipeline_shrinks_and_quantises_with_and_without_a_teacher():
     )
 
 
+def test_student_pipeline_exports_float_and_int8_files_checked_against_the_float_model(tmp_path):
+    from companion import deploy
+
+    data = tiny_data()
+    out = analysis.student_pipeline(
+        tiny_mlp(0), data, teacher=None, epochs=1, finetune_epochs=0, export_to=tmp_path, **FAST
+    )
+    assert set(out["onnx"]) == {"shrunk", "int8 dynamic", "int8 static"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "shrunk.onnx",
+        "int8_dynamic.onnx",
+        "int8_static.onnx",
+    }
+    x = data.tensors[0]
+    exact = deploy.check_export(out["shrunk"], out["onnx"]["shrunk"], x)
+    assert exact["agreement"] == 1.0 and exact["max_abs_diff"] < 1e-5
+    for kind in ("int8 dynamic", "int8 static"):
+        file = out["onnx"][kind]
+        assert file.stat().st_size < out["onnx"]["shrunk"].stat().st_size
+        rounded = deploy.check_export(out["shrunk"], file, x)
+        assert 0 < rounded["max_abs_diff"] < 0.2
+    with pytest.raises(FileNotFoundError, match="export_to must be an existing folder"):
+        analysis.student_pipeline(
+            tiny_mlp(0), data, teacher=None, epochs=1, finetune_epochs=0, export_to=tmp_path / "no"
+        )
+
+
+def test_quantization_variants_share_the_budget_and_leave_the_model_alone():
+    from companion import deploy
+
+    data = tiny_data()
+    model = tiny_mlp(0)
+    before = model.fc1.weight.detach().clone()
+    variants = analysis.quantization_variants(model, data, epochs=1, seed=0, **FAST)
+    assert list(variants) == [
+        "float",
+        "dynamic int8",
+        "weight-only int8",
+        "fine-tuned + dynamic int8",
+        "QAT + int8",
+    ]
+    assert torch.equal(model.fc1.weight, before)
+    assert not deploy.is_quantized(variants["float"])
+    assert all(deploy.is_quantized(m) for k, m in variants.items() if k != "float")
+    x = data.tensors[0]
+    with torch.no_grad():
+        reference = variants["float"](x)
+        untrained = (variants["dynamic int8"](x) - reference).abs().max()
+        assert untrained < 0.1  # rounding only
+        # the two fine-tuned variants moved away from the reference, by training
+        for name in ("fine-tuned + dynamic int8", "QAT + int8"):
+            assert (variants[name](x) - reference).abs().max() > untrained
+    with pytest.raises(ValueError, match="no nn.Linear layer"):
+        analysis.quantization_variants(nn.Sequential(nn.Conv2d(1, 1, 3)), data, epochs=1)
+    with pytest.raises(ValueError, match="epochs"):
+        analysis.quantization_variants(model, data, epochs=0)
+
+
 def test_student_pipeline_rejects_bad_arguments():
     data = tiny_data(64)
     with pytest.raises(TypeError, match="student must be a companion.models.MLP"):

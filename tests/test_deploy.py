@@ -11,6 +11,7 @@ from companion.convnets import LeNet5
 from companion.deploy import (
     check_export,
     convert_qat,
+    evaluate_onnx,
     export_onnx,
     is_quantized,
     onnx_latency,
@@ -212,3 +213,15 @@ def test_onnx_latency_is_a_positive_median_and_validates(float_file):
         onnx_latency(float_file, batch_size=0)
     with pytest.raises(ValueError, match="min_run_time must be > 0"):
         onnx_latency(float_file, min_run_time=0)
+
+
+def test_evaluate_onnx_counts_the_file_s_correct_predictions(float_model, float_file):
+    x = torch.rand(40, 1, 28, 28)
+    with torch.no_grad():
+        predicted = float_model(x).argmax(1)
+    labels = predicted.clone()
+    labels[:10] = (labels[:10] + 1) % 10  # a quarter deliberately wrong
+    dataset = torch.utils.data.TensorDataset(x, labels)
+    assert evaluate_onnx(float_file, dataset) == pytest.approx(0.75)
+    with pytest.raises(TypeError, match="dataset must be a TensorDataset"):
+        evaluate_onnx(float_file, x)
