@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +48,6 @@ __all__ = ["CRITERIA", "saliency_scores", "nm_masks"]
 
 #: The criteria :func:`saliency_scores` knows.
 CRITERIA: tuple[str, ...] = ("magnitude", "taylor", "obd", "fisher")
-
-Criterion = Literal["magnitude", "taylor", "obd", "fisher"]
 
 # Examples whose per-example weight gradients are held at once (layers without the Linear
 # shortcut): memory is this many times the layer's weight.
@@ -168,10 +165,40 @@ def _batch_weight_grad(
     return grad
 
 
+def _unfoldable(module: nn.Module) -> bool:
+    """A Conv2d whose per-example gradients ``F.unfold`` can form (zero padding given as numbers)."""
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    )
+
+
+def _prepared_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What :func:`_per_example_weight_grads` needs of an input, computed once per batch.
+
+    For an unfoldable Conv2d the input patches ``(N, groups, in/groups * kh * kw, positions)``,
+    which every back-propagated vector reuses; otherwise the input itself.
+    """
+    if not _unfoldable(module):
+        return x
+    patches = F.unfold(
+        x,
+        module.kernel_size,
+        dilation=module.dilation,
+        padding=module.padding,
+        stride=module.stride,
+    )
+    return patches.view(len(x), module.groups, -1, patches.shape[-1])
+
+
 def _per_example_weight_grads(
     module: nn.Module, inputs: list[torch.Tensor], output_grads: list[torch.Tensor]
 ) -> torch.Tensor:
-    """Per-example weight gradients, shape ``(N, *weight.shape)``, summed over the calls."""
+    """Per-example weight gradients, shape ``(N, *weight.shape)``, summed over the calls.
+
+    ``inputs`` are the layer's inputs, one per call, as :func:`_prepared_input` returns them.
+    """
     weight = current_weight(module)
     if isinstance(module, nn.Linear):
         total = 0
@@ -180,6 +207,13 @@ def _per_example_weight_grads(
             g = g.reshape(g.shape[0], -1, g.shape[-1])
             total = total + torch.einsum("nto,nti->noi", g, x)
         return total
+    if _unfoldable(module):  # inputs are patches: output gradients times patches
+        total = 0
+        for patches, g in zip(inputs, output_grads, strict=True):
+            n, groups, _, positions = patches.shape
+            g = g.reshape(n * groups, module.out_channels // groups, positions)
+            total = total + torch.bmm(g, patches.reshape(n * groups, -1, positions).transpose(1, 2))
+        return total.reshape(-1, *weight.shape)
     function = _layer_function(module)
 
     def one_example(w: torch.Tensor, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -250,7 +284,7 @@ def _curvature_factors(
 def saliency_scores(
     model: nn.Module,
     dataset: TensorDataset | None,
-    criterion: Criterion,
+    criterion: str,
     *,
     loss_fn: Callable[[torch.Tensor, tuple[torch.Tensor, ...]], torch.Tensor] | None = None,
     batch_size: int = 256,
@@ -282,7 +316,9 @@ def saliency_scores(
       weights; it is positive semi-definite for a convex loss. The diagonal is
       computed exactly, not estimated: :math:`H_n = \sum_k v_{nk} v_{nk}^T`, each
       :math:`v_{nk}` is back-propagated to every layer, and the squares of the
-      per-example weight gradients :math:`J_n^T v_{nk}` are summed.
+      per-example weight gradients :math:`J_n^T v_{nk}` are summed. (Optimal Brain
+      Surgeon, Hassibi and Stork, 1993, uses the full inverse Hessian instead and
+      also corrects the remaining weights; it is not implemented here.)
     * ``"fisher"``: :math:`s_i = \tfrac12 F_{ii} w_i^2` with the empirical Fisher
       :math:`F = \frac1N \sum_n g_n g_n^T`, :math:`g_n = \partial \ell_n/\partial w`.
       It is :math:`G` with :math:`H_n` replaced by the rank-one
@@ -419,6 +455,11 @@ def _accumulate(
         if _is_plain_linear(module, recorder.calls[name])
     }
     delta_squares = {name: 0 for name in plain}
+    prepared = {
+        name: [_prepared_input(module, x) for x in inputs[name]]
+        for name, module in layers.items()
+        if name not in plain
+    }
     for vector, eigenvalue in factors:
         grads = _output_grads(logits, recorder, vector)
         for name, module in layers.items():
@@ -432,7 +473,7 @@ def _accumulate(
             for start in range(0, size, _PER_EXAMPLE_CHUNK):
                 part = slice(start, start + _PER_EXAMPLE_CHUNK)
                 per_example = _per_example_weight_grads(
-                    module, [x[part] for x in inputs[name]], [g[part] for g in grads[name]]
+                    module, [x[part] for x in prepared[name]], [g[part] for g in grads[name]]
                 )
                 weights = eigenvalue[part].view(-1, *([1] * (per_example.dim() - 1)))
                 accumulators[name] += (weights * per_example.square()).sum(0) / total
@@ -471,7 +512,9 @@ def nm_masks(
     2:4 along the rows of a 2-D weight), so a 2:4 mask multiplied into a
     weight gives a tensor those kernels accept (they also need half precision
     and CUDA compute capability >= 8.0). Every group keeps exactly ``n``
-    weights, so every layer covered has sparsity ``1 - n/m``.
+    weights, so every layer covered has sparsity ``1 - n/m``. SparseGPT (Frantar
+    and Alistarh, 2023) targets the same 2:4 and 4:8 patterns, choosing the kept
+    weights with second-order information and updating the others.
 
     Like the unstructured :func:`companion.pruning.magnitude_masks`, the output
     layer is covered too (N:M keeps every output neuron). Weights that are

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from companion import pruning
+from companion import pruning, saliency
 from companion.masks import apply_masks, current_masks, prunable_layers
 from companion.saliency import nm_masks, saliency_scores
 
@@ -45,6 +45,21 @@ def _convnet() -> nn.Module:
             nn.Conv2d(3, 4, 2, stride=2, groups=1, padding_mode="zeros"),
             nn.Flatten(),
             nn.Linear(4 * 2 * 2, 3),
+        )
+    )
+
+
+def _grouped_convnet() -> nn.Module:
+    """Conv2d with groups and dilation (unfolded), reflect padding and Conv1d (vmap fallback)."""
+    return _seeded(
+        nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=2, dilation=2, groups=2),
+            nn.Tanh(),
+            nn.Conv2d(4, 2, 3, padding=1, padding_mode="reflect"),
+            nn.Flatten(2),  # (N, 2, 16): a sequence for Conv1d
+            nn.Conv1d(2, 3, 4, stride=4),
+            nn.Flatten(),
+            nn.Linear(3 * 4, 3),
         )
     )
 
@@ -135,10 +150,12 @@ def test_obd_custom_cross_entropy_matches_the_built_in_one() -> None:
     _assert_close(custom, built_in)
 
 
-@pytest.mark.parametrize("make", [_mlp, _convnet], ids=["mlp", "convnet"])
+@pytest.mark.parametrize(
+    "make", [_mlp, _convnet, _grouped_convnet], ids=["mlp", "convnet", "grouped-convnet"]
+)
 def test_obd_is_the_exact_gauss_newton_diagonal_of_a_deep_model(make) -> None:
     model = make()
-    data = _image_data() if make is _convnet else _classification_data(12, 6, 3)
+    data = _classification_data(12, 6, 3) if make is _mlp else _image_data()
     _assert_close(
         saliency_scores(model, data, "obd", batch_size=5), _reference_ggn_obd(model, data)
     )
@@ -190,10 +207,12 @@ def test_taylor_is_weight_times_full_data_gradient() -> None:
     _assert_close(saliency_scores(model, data, "taylor", batch_size=8), expected)
 
 
-@pytest.mark.parametrize("make", [_mlp, _convnet], ids=["mlp", "convnet"])
+@pytest.mark.parametrize(
+    "make", [_mlp, _convnet, _grouped_convnet], ids=["mlp", "convnet", "grouped-convnet"]
+)
 def test_fisher_is_half_mean_squared_per_example_gradient_times_w_squared(make) -> None:
     model = make()
-    data = _image_data() if make is _convnet else _classification_data(12, 6, 3)
+    data = _classification_data(12, 6, 3) if make is _mlp else _image_data()
     reference = copy.deepcopy(model)
     layers = prunable_layers(reference)
     squares = {name: torch.zeros_like(m.weight) for name, m in layers.items()}
@@ -294,10 +313,13 @@ def test_masked_weights_score_zero_and_scores_follow_effective_weights(criterion
 
 
 @pytest.mark.parametrize("criterion", DATA_CRITERIA)
-def test_scores_do_not_depend_on_batch_size_and_work_with_frozen_parameters(criterion) -> None:
-    model = _convnet()
+def test_scores_do_not_depend_on_batch_size_and_work_with_frozen_parameters(
+    criterion, monkeypatch
+) -> None:
+    model = _grouped_convnet()
     data = _image_data(10)
     reference = saliency_scores(model, data, criterion, batch_size=10)
+    monkeypatch.setattr(saliency, "_PER_EXAMPLE_CHUNK", 2)  # per-example gradients in chunks
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     _assert_close(saliency_scores(model, data, criterion, batch_size=3), reference)
