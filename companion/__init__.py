@@ -33,6 +33,7 @@ _SUBMODULES = (
     "penalties",
     "pruning",
     "report",
+    "saliency",
     "soft",
     "speed",
     "stats",
