@@ -2,21 +2,41 @@
 
 Masking a neuron's incoming weights to zero does not make a network smaller or
 faster: the zero rows are still stored and multiplied. :func:`shrink` deletes
-them. A deleted hidden neuron ``j`` of layer ``i`` still outputs the constant
-``relu(b_j)`` (its bias passes through the ReLU), which reaches layer ``i + 1``
-as ``W[:, j] * relu(b_j)``; that constant is folded into layer ``i + 1``'s
-bias, so the shrunk network computes exactly the same function.
+them.
+
+Two implementations sit behind it:
+
+* :func:`shrink_mlp`, the readable one the book teaches with. A deleted hidden
+  neuron ``j`` of layer ``i`` still outputs the constant ``relu(b_j)`` (its bias
+  passes through the ReLU), which reaches layer ``i + 1`` as
+  ``W[:, j] * relu(b_j)``; that constant is folded into layer ``i + 1``'s bias,
+  so the shrunk network computes exactly the same function.
+* For any other network, :func:`shrink` asks Torch-Pruning's dependency graph
+  (DepGraph, Fang et al. 2023) which channels are coupled (the convolutions
+  feeding one residual add, a BatchNorm and its convolution, a depthwise
+  convolution's inputs and outputs, a flattened feature map and the columns of
+  the linear head) and removes a channel only where that is exact: where the
+  channel provably carries zero into every layer that reads it. Nothing is
+  folded there; a channel that carries a nonzero constant stays.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from .masks import current_weight
+from .masks import _check_model, current_weight, make_permanent
+from .metrics import count_parameters
 from .models import MLP
+from .utils import clone_model
 
-__all__ = ["alive_units", "shrink"]
+__all__ = ["alive_units", "GroupShrink", "ShrinkReport", "shrink", "shrink_mlp"]
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def alive_units(layer: nn.Module) -> torch.Tensor:
@@ -36,8 +56,79 @@ def alive_units(layer: nn.Module) -> torch.Tensor:
     return torch.nonzero(weight.flatten(1).abs().sum(1) != 0).flatten()
 
 
+@dataclass(frozen=True)
+class GroupShrink:
+    """What :func:`shrink` did to one set of coupled channels (one DepGraph group).
+
+    Attributes:
+        layers: Qualified names of the layers that share these channels (the
+            root layer first): convolutions and linear layers producing or
+            reading them, and their normalisation layers.
+        channels: Number of coupled channels before shrinking.
+        producers: The layers among ``layers`` whose outputs make these channels
+            (convolutions, linear layers, BatchNorms); the others read them.
+        removed: Channel indices (in the root layer's numbering) that were removed.
+        partly_dead: Indices dead in some producing layers but not in all (a
+            residual add with one dead branch): they stayed, because the sum
+            still carries the live branch.
+        kept: Indices dead in every producer that stayed anyway, with ``note``
+            saying why (the last channel of a layer, or a layer reading them saw
+            a nonzero value on ``example_inputs``).
+        note: Why channels or the whole group stayed; empty if nothing did.
+    """
+
+    layers: tuple[str, ...]
+    channels: int
+    producers: tuple[str, ...]
+    removed: tuple[int, ...]
+    partly_dead: tuple[int, ...] = ()
+    kept: tuple[int, ...] = ()
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ShrinkReport:
+    """What :func:`shrink` removed and what stayed, group by group.
+
+    Attributes:
+        groups: One :class:`GroupShrink` per set of coupled channels (for an
+            :class:`~companion.models.MLP`, one per hidden layer).
+        parameters_before: Parameters of the input model.
+        parameters_after: Parameters of the shrunk model.
+    """
+
+    groups: tuple[GroupShrink, ...]
+    parameters_before: int
+    parameters_after: int
+
+    @property
+    def removed(self) -> int:
+        """Channels (or neurons) removed in all."""
+        return sum(len(g.removed) for g in self.groups)
+
+    @property
+    def partly_dead(self) -> tuple[GroupShrink, ...]:
+        """The groups in which some channels were dead in part of their producers only."""
+        return tuple(g for g in self.groups if g.partly_dead)
+
+    def __str__(self) -> str:
+        lines = [
+            f"shrink removed {self.removed} channels/neurons: {self.parameters_before} -> "
+            f"{self.parameters_after} parameters"
+        ]
+        for g in self.groups:
+            if g.removed or g.partly_dead or g.kept or g.note:
+                line = f"  {g.layers[0]}: {len(g.removed)}/{g.channels} removed"
+                if g.partly_dead:
+                    line += f", {len(g.partly_dead)} partly dead stayed"
+                if g.note:
+                    line += f" ({g.note})"
+                lines.append(line)
+        return "\n".join(lines)
+
+
 @torch.no_grad()
-def shrink(model: MLP) -> MLP:
+def shrink_mlp(model: MLP) -> MLP:
     r"""Return a smaller :class:`~companion.models.MLP` without the hidden neurons whose incoming weights are all zero.
 
     For every hidden layer, the rows of dead neurons are deleted, the matching
@@ -65,7 +156,7 @@ def shrink(model: MLP) -> MLP:
         >>> net = MLP((4, 6, 3))
         >>> with torch.no_grad():
         ...     net.fc1.weight[:4] = 0
-        >>> small = shrink(net)
+        >>> small = shrink_mlp(net)
         >>> small.sizes
         (4, 2, 3)
         >>> x = torch.rand(5, 4)
@@ -101,3 +192,320 @@ def shrink(model: MLP) -> MLP:
         layer.bias.copy_(bias)
     small.train(model.training)
     return small
+
+
+def _mlp_report(model: MLP, small: MLP) -> ShrinkReport:
+    groups = []
+    for i, layer in enumerate(model.linears[:-1]):
+        alive = set(alive_units(layer).tolist())
+        width = model.sizes[i + 1]
+        removed = tuple(j for j in range(width) if j not in alive)
+        kept: tuple[int, ...] = ()
+        note = ""
+        if len(removed) == width:  # shrink_mlp keeps neuron 0 of an emptied layer
+            removed, kept, note = removed[1:], (0,), "the last unit of the layer stays"
+        groups.append(
+            GroupShrink(
+                layers=(f"fc{i + 1}", f"fc{i + 2}"),
+                channels=width,
+                producers=(f"fc{i + 1}",),
+                removed=removed,
+                kept=kept,
+                note=note,
+            )
+        )
+    return ShrinkReport(tuple(groups), count_parameters(model), count_parameters(small))
+
+
+def _inputs_tuple(example_inputs: object) -> tuple[torch.Tensor, ...]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if (
+        isinstance(example_inputs, (tuple, list))
+        and len(example_inputs) > 0
+        and all(isinstance(t, torch.Tensor) for t in example_inputs)
+    ):
+        return tuple(example_inputs)
+    raise TypeError(
+        "example_inputs must be a torch.Tensor batch or a tuple of tensors (the model's "
+        f"positional arguments), got {type(example_inputs).__name__}"
+    )
+
+
+def _tensors(output: object) -> list[torch.Tensor]:
+    """The tensors of a model output (a tensor, or nested tuples/lists/dicts of them)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        return [t for value in output.values() for t in _tensors(value)]
+    if isinstance(output, (tuple, list)):
+        return [t for value in output for t in _tensors(value)]
+    return []
+
+
+def _zero_units(module: nn.Module) -> torch.Tensor:
+    """Per output channel: does ``module`` output exactly zero there, whatever its input?
+
+    A convolution or linear unit does when its weight slice and its bias are zero; a
+    BatchNorm channel when its affine weight and bias are zero (in eval mode, and in
+    training mode too: ``0 * normalised + 0``).
+    """
+    if isinstance(module, _NORMS):
+        if not module.affine:
+            return torch.zeros(module.num_features, dtype=torch.bool)
+        weight, bias = current_weight(module, "weight"), current_weight(module, "bias")
+        return ((weight == 0) & (bias == 0)).cpu()
+    weight = current_weight(module)
+    zero = (weight.flatten(1) == 0).all(1)
+    if module.bias is not None:
+        zero &= current_weight(module, "bias") == 0
+    return zero.cpu()
+
+
+def _input_channel_peaks(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], layers: list[nn.Module]
+) -> tuple[dict[nn.Module, torch.Tensor], object]:
+    """The largest |input| each layer sees per input channel on ``inputs``, and the output."""
+    peaks: dict[nn.Module, torch.Tensor] = {}
+
+    def record(module: nn.Module, args: tuple) -> None:
+        x = args[0].detach()
+        if isinstance(module, nn.Linear):
+            peak = x.abs().reshape(-1, x.shape[-1]).amax(0)
+        else:  # [batch, channels, ...]
+            peak = x.abs().transpose(0, 1).reshape(x.shape[1], -1).amax(1)
+        peaks[module] = torch.maximum(peaks[module], peak) if module in peaks else peak
+
+    handles = [layer.register_forward_pre_hook(record) for layer in layers]
+    try:
+        with torch.no_grad():
+            output = model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {m: p.cpu() for m, p in peaks.items()}, output
+
+
+def _plan_group(graph, group, names, peaks) -> tuple[GroupShrink, list[int]]:
+    """Decide which of a group's channels can go: dead in every producer, zero in every reader."""
+    from torch_pruning import ops
+
+    parameter_free = (
+        ops._ConcatOp,
+        ops._SplitOp,
+        ops._UnbindOp,
+        ops._ReshapeOp,
+        ops._SliceOp,
+        ops._ElementWiseOp,
+        ops._ExpandOp,
+    )
+    channels = len(group[0].idxs)
+    dead = torch.ones(channels, dtype=torch.bool)  # dead in every producer so far
+    dead_somewhere = torch.zeros(channels, dtype=torch.bool)
+    read_as_zero = torch.ones(channels, dtype=torch.bool)
+    producers = 0
+    layers: list[str] = []
+    producing: list[str] = []
+    note = ""
+    for item in group.items:
+        node, handler = item.dep.target, item.dep.handler
+        module = node.module
+        idxs = torch.as_tensor(list(item.idxs), dtype=torch.long)
+        roots = torch.as_tensor(list(item.root_idxs), dtype=torch.long)
+        if isinstance(module, nn.Module) and module in names and names[module] not in layers:
+            layers.append(names[module])
+        if isinstance(module, _LAYERS + _NORMS) and graph.is_out_channel_pruning_fn(handler):
+            if names.get(module) not in producing:
+                producing.append(names.get(module, type(module).__name__))
+        if isinstance(module, (ops._OutputOp,)) or (
+            graph.is_out_channel_pruning_fn(handler) and not node.outputs
+        ):
+            note = "feeds the model's output"
+            continue
+        if isinstance(module, parameter_free):
+            continue
+        if not isinstance(module, _LAYERS + _NORMS):
+            note = f"couples a {type(module).__name__}, whose channels shrink does not remove"
+            continue
+        if graph.is_out_channel_pruning_fn(handler):
+            if (
+                isinstance(module, _LAYERS)
+                and node.outputs
+                and all(isinstance(out.module, _NORMS) for out in node.outputs)
+            ):
+                continue  # read only by its BatchNorm, which decides (it is in the group too)
+            zero = _zero_units(module)[idxs]
+            producers += 1
+            dead[roots] &= zero
+            dead_somewhere[roots] |= zero
+        elif module in peaks:  # a layer reading the channels
+            read_as_zero[roots] &= peaks[module][idxs] == 0
+    if note or producers == 0:
+        removable = torch.zeros(channels, dtype=torch.bool)
+        kept = torch.nonzero(dead).flatten() if producers else torch.zeros(0, dtype=torch.long)
+    else:
+        removable = dead & read_as_zero
+        kept = torch.nonzero(dead & ~read_as_zero).flatten()
+        if kept.numel():
+            note = "a layer reading them saw nonzero values on example_inputs"
+        if bool(removable.all()):  # a layer keeps one channel so that it still exists
+            removable[0] = False
+            kept = torch.cat([torch.zeros(1, dtype=torch.long), kept])
+            note = "; ".join(filter(None, [note, "the last channel of the layer stays"]))
+    removed = torch.nonzero(removable).flatten().tolist()
+    report = GroupShrink(
+        layers=tuple(layers),
+        channels=channels,
+        producers=tuple(producing),
+        removed=tuple(removed),
+        partly_dead=tuple(torch.nonzero(dead_somewhere & ~dead).flatten().tolist()),
+        kept=tuple(kept.tolist()),
+        note=note,
+    )
+    return report, removed
+
+
+def _shrink_graph(
+    model: nn.Module, example_inputs: object, rtol: float
+) -> tuple[nn.Module, ShrinkReport]:
+    import torch_pruning as tp
+
+    inputs = _inputs_tuple(example_inputs)
+    small = make_permanent(clone_model(model))
+    training = {name: m.training for name, m in small.named_modules()}
+    trainable = {name: p.requires_grad for name, p in small.named_parameters()}
+    small.eval()  # tracing runs a forward pass: it must not move BatchNorm statistics
+    for parameter in small.parameters():
+        parameter.requires_grad_(True)  # DepGraph traces through autograd
+    names = {module: name for name, module in small.named_modules()}
+    readers = [m for m in small.modules() if isinstance(m, _LAYERS)]
+    peaks, reference = _input_channel_peaks(small, inputs, readers)
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(
+            small, example_inputs=inputs if len(inputs) > 1 else inputs[0], verbose=False
+        )
+    groups = list(graph.get_all_groups())  # every decision is taken before anything is pruned
+    plans = [_plan_group(graph, group, names, peaks) for group in groups]
+    for group, (_, removed) in zip(groups, plans, strict=True):
+        if removed:
+            group.prune(idxs=removed)
+    for name, parameter in small.named_parameters():
+        parameter.requires_grad_(trainable.get(name, True))
+    with torch.no_grad():
+        outputs = _tensors(small(*inputs))
+    for name, module in small.named_modules():
+        module.training = training.get(name, module.training)
+    for before, after in zip(_tensors(reference), outputs, strict=True):
+        scale = before.abs().max().item() if before.numel() else 0.0
+        if before.shape != after.shape or not torch.allclose(
+            before, after, rtol=rtol, atol=rtol * max(scale, 1e-12)
+        ):
+            raise RuntimeError(
+                "shrink: the shrunk model's outputs differ from the masked model's on "
+                "example_inputs; the model may use an operation shrink cannot see through "
+                "(a mean or norm over channels, a parameter used outside its module)"
+            )
+    report = ShrinkReport(
+        tuple(r for r, _ in plans), count_parameters(model), count_parameters(small)
+    )
+    return small, report
+
+
+def shrink(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    *,
+    return_report: bool = False,
+    rtol: float = 1e-4,
+) -> nn.Module | tuple[nn.Module, ShrinkReport]:
+    r"""Return a physically smaller copy of ``model`` without its structurally dead units.
+
+    An :class:`~companion.models.MLP` goes to :func:`shrink_mlp`, the book's
+    readable implementation (dead neurons removed, their constant outputs
+    folded into the next bias); ``example_inputs`` is not needed for it.
+
+    Any other network needs ``example_inputs``, one batch it runs on. On a copy
+    of the model with its masks made permanent, Torch-Pruning's dependency graph
+    (``torch_pruning.DependencyGraph``, traced on ``example_inputs``) finds every
+    group of coupled channels: the output channels of a convolution or linear
+    layer, its BatchNorm, every layer reading those channels, and every layer
+    whose channels are tied to them (the branches of a residual add, a depthwise
+    convolution, a squeeze-excitation scale, the columns of a linear head after
+    a flatten, concatenated inputs). A channel of a group is removed only if
+
+    * it is dead in every producer of the group: the producer's effective
+      weight slice and bias are all zero, or the BatchNorm right after it has
+      effective weight and bias zero for that channel (a convolution read only
+      by its BatchNorm is decided by the BatchNorm), so it outputs exactly zero
+      whatever the input; and
+    * every layer reading it sees exactly zero there on ``example_inputs``
+      (this catches an operation with :math:`f(0) \ne 0`, such as a sigmoid,
+      between a dead producer and a reader).
+
+    A channel dead in only some producers (one dead branch of a residual add)
+    stays and is listed in the report, as is the last channel of a layer, a
+    group coupled to a layer type other than convolution, linear and
+    BatchNorm (LayerNorm, GroupNorm, PReLU, embeddings, attention) and the
+    model's output units (the classes). Nothing is folded: a channel carrying a
+    nonzero constant stays. The result is checked against the masked model on
+    ``example_inputs``.
+
+    Limits: the model must be traceable by Torch-Pruning, which records one
+    forward pass through autograd: no data-dependent control flow (a branch
+    taken on another input is not seen), no operations outside autograd on the
+    channels, parameters used only inside their own modules (a functional
+    ``F.conv2d(x, self.w)`` is an unwrapped parameter the graph may not prune
+    correctly), and no means or norms over the channel dimension outside
+    modules. ConvTranspose layers are not shrunk.
+
+    Args:
+        model: The pruned network (masked with ``torch.nn.utils.prune``, or with
+            masks made permanent). It is not modified.
+        example_inputs: For a model that is not an MLP: a batch it runs on (a
+            tensor, or a tuple of the forward pass's positional tensors), on
+            the model's device.
+        return_report: Also return a :class:`ShrinkReport` of what was
+            removed and what stayed.
+        rtol: Relative tolerance of the final output check (against the largest
+            output magnitude).
+
+    Returns:
+        The shrunk model (plain, unmasked parameters; every module's
+        ``training`` flag as in ``model``), whose outputs equal ``model``'s in
+        eval mode up to float rounding; with ``return_report=True``, the pair
+        ``(model, report)``.
+
+    Raises:
+        TypeError: If ``model`` is not a ``torch.nn.Module``, if a model that is
+            not an MLP comes without ``example_inputs``, or if
+            ``example_inputs`` is not a tensor or a tuple of tensors.
+        ValueError: If ``rtol`` is not positive.
+        RuntimeError: If the shrunk model's outputs differ from the masked
+            model's on ``example_inputs`` (an operation the tracer cannot see).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+        ...                     nn.Conv2d(8, 4, 3)).eval()
+        >>> with torch.no_grad():
+        ...     net[1].weight[:5] = 0
+        ...     net[1].bias[:5] = 0
+        >>> x = torch.randn(2, 3, 16, 16)
+        >>> small, report = shrink(net, x, return_report=True)
+        >>> small[0].out_channels, small[3].in_channels, report.removed
+        (3, 3, 5)
+        >>> torch.allclose(small(x), net(x), atol=1e-5)
+        True
+    """
+    _check_model(model)
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol > 0:
+        raise ValueError(f"rtol must be a float in (0, inf), got {rtol!r}")
+    if isinstance(model, MLP):
+        small = shrink_mlp(model)
+        return (small, _mlp_report(model, small)) if return_report else small
+    if example_inputs is None:
+        raise TypeError(
+            "model must be a companion.models.MLP, or example_inputs must be given for any "
+            f"other torch.nn.Module (got a {type(model).__name__} without example_inputs)"
+        )
+    small, report = _shrink_graph(model, example_inputs, float(rtol))
+    return (small, report) if return_report else small
