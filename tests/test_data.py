@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import gzip
 import hashlib
 import io
 import os
@@ -627,3 +628,152 @@ def test_train_val_split_rejects_an_empty_part(fraction):
 def test_train_val_split_rejects_a_non_dataset():
     with pytest.raises(TypeError, match="TensorDataset"):
         train_val_split([1, 2, 3])
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST
+
+FASHION_NAMES = list(data.FASHION_MNIST_SHA256)
+FASHION_FETCH = "python -m companion.data fetch --dataset fashion-mnist"
+
+
+@pytest.fixture(scope="session")
+def fashion_bytes() -> dict[str, bytes]:
+    """The four decompressed Fashion-MNIST files, from Debian's package or an earlier fetch."""
+    debian = data.DEBIAN_FASHION_MNIST
+    if all((debian / f"{name}.gz").is_file() for name in FASHION_NAMES):
+        return {
+            name: gzip.decompress((debian / f"{name}.gz").read_bytes()) for name in FASHION_NAMES
+        }
+    folder = data.fashion_raw_folder()
+    if all((folder / name).is_file() for name in FASHION_NAMES):
+        return {name: (folder / name).read_bytes() for name in FASHION_NAMES}
+    pytest.skip("Fashion-MNIST not provisioned (run `make data`)")
+
+
+def _debian_copy(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    """A stand-in for /usr/share/datasets/fashion-mnist holding gzipped ``files``."""
+    folder = tmp_path / "debian-fashion-mnist"
+    folder.mkdir()
+    for name, content in files.items():
+        (folder / f"{name}.gz").write_bytes(gzip.compress(content, compresslevel=1))
+    return folder
+
+
+def test_fashion_hashes_are_those_of_the_decompressed_files(fashion_bytes):
+    assert FASHION_NAMES == NAMES  # the same four IDX names as MNIST, other contents
+    for name, content in fashion_bytes.items():
+        assert hashlib.sha256(content).hexdigest() == data.FASHION_MNIST_SHA256[name]
+        assert data.FASHION_MNIST_SHA256[name] != MNIST_SHA256[name]
+
+
+def test_fetch_fashion_from_debian(tmp_path, fashion_bytes):
+    root = tmp_path / "data"
+    folder = data.fetch_fashion_mnist(root, sources=["debian"], verbose=False)
+    assert folder == data.fashion_raw_folder(root) == root / "FashionMNIST" / "raw"
+    assert _listing(folder) == sorted(FASHION_NAMES)  # no staging directory left
+    assert data.verify_fashion_mnist(root) == folder
+    assert not raw_folder(root).exists()  # MNIST's folder is untouched
+
+
+def test_fetch_fashion_without_the_debian_package(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "not-installed")
+    root = tmp_path / "data"
+    with pytest.raises(MNISTError, match="could not provision Fashion-MNIST") as info:
+        data.fetch_fashion_mnist(root, sources=["debian"])
+    message = str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert "companion.data verify --dataset fashion-mnist" in message
+    assert "debian failed" in capsys.readouterr().err
+    assert _listing(data.fashion_raw_folder(root)) == []
+
+
+def test_fetch_fashion_rejects_a_corrupt_debian_file(monkeypatch, tmp_path, fashion_bytes):
+    name = "t10k-labels-idx1-ubyte"
+    corrupt = {**fashion_bytes, name: _flip_byte(fashion_bytes[name])}
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", _debian_copy(tmp_path, corrupt))
+    root = tmp_path / "data"
+    with pytest.raises(MNISTError, match=f"{name} is corrupt or partial"):
+        data.fetch_fashion_mnist(root, sources=["debian"], verbose=False)
+    assert _listing(data.fashion_raw_folder(root)) == []  # not even the three good files
+
+
+def test_fetch_fashion_falls_back_to_torchvision(monkeypatch, tmp_path, fashion_bytes):
+    # Colab: no Debian package; torchvision's downloader (faked here, offline) provides the files.
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "not-installed")
+    downloader = _fake_source(fashion_bytes)
+    monkeypatch.setitem(data._FASHION_SOURCES, "torchvision", downloader)
+    train, test = data.load_fashion_mnist(tmp_path / "data", download=True)
+    assert len(downloader.calls) == 1
+    assert (len(train), len(test)) == (60_000, 10_000)
+
+
+def test_fetch_fashion_keeps_verified_files(monkeypatch, tmp_path, fashion_bytes):
+    root = tmp_path / "data"
+    _write_fashion(root, fashion_bytes)
+    source = _fake_source(error=AssertionError("must not be called"))
+    monkeypatch.setitem(data._FASHION_SOURCES, "debian", source)
+    assert data.fetch_fashion_mnist(root, verbose=False) == data.fashion_raw_folder(root)
+    assert source.calls == []
+
+
+def _write_fashion(root: Path, files: dict[str, bytes]) -> Path:
+    folder = data.fashion_raw_folder(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+    return folder
+
+
+def test_verify_fashion_names_a_missing_file_and_the_remedy(tmp_path):
+    root = tmp_path / "data"
+    with pytest.raises(MNISTError, match="Fashion-MNIST file .* is missing") as info:
+        data.verify_fashion_mnist(root)
+    message = str(info.value)
+    assert str(data.fashion_raw_folder(root) / FASHION_NAMES[0]) in message
+    assert f"{FASHION_FETCH} --root {root}" in message and "dataset-fashion-mnist" in message
+    assert not root.exists()  # verifying never creates anything
+
+
+def test_verify_fashion_names_a_corrupt_file(tmp_path, fashion_bytes):
+    root = tmp_path / "data"
+    name = "train-labels-idx1-ubyte"
+    _write_fashion(root, {**fashion_bytes, name: fashion_bytes[name][:-1]})
+    with pytest.raises(MNISTError, match="corrupt or partial") as info:
+        data.load_fashion_mnist(root)
+    assert str(data.fashion_raw_folder(root) / name) in str(info.value)
+    assert FASHION_FETCH in str(info.value)
+
+
+def test_mnist_files_do_not_pass_as_fashion_mnist(tmp_path, raw_bytes):
+    root = tmp_path / "data"
+    _write_fashion(root, raw_bytes)
+    with pytest.raises(MNISTError, match="Fashion-MNIST file .*corrupt or partial"):
+        data.verify_fashion_mnist(root)
+
+
+@pytest.mark.slow
+def test_load_fashion_mnist_shapes_and_classes(tmp_path, fashion_bytes):
+    root = tmp_path / "data"
+    _write_fashion(root, fashion_bytes)
+    train, test = data.load_fashion_mnist(root)
+    assert (len(train), len(test)) == (60_000, 10_000)
+    images, labels = train.tensors
+    assert images.shape == (60_000, 1, 28, 28) and images.dtype == torch.float32
+    assert images.min() >= 0.0 and images.max() == 1.0
+    assert torch.bincount(labels).tolist() == [6_000] * 10  # balanced, unlike MNIST
+    assert len(data.FASHION_MNIST_CLASSES) == 10
+
+
+@pytest.mark.parametrize("sources", [[], "debian", ["npm"], ("debian", "ftp")])
+def test_fetch_fashion_rejects_bad_sources(sources):
+    with pytest.raises(ValueError, match="sources"):
+        data.fetch_fashion_mnist("unused", sources=sources)
+
+
+def test_cli_fashion_verify(tmp_path, fashion_bytes, capsys):
+    root = tmp_path / "data"
+    assert data.main(["verify", "--dataset", "fashion-mnist", "--root", str(root)]) == 1
+    assert f"{FASHION_FETCH} --root {root}" in capsys.readouterr().err
+    _write_fashion(root, fashion_bytes)
+    assert data.main(["verify", "--dataset", "fashion-mnist", "--root", str(root)]) == 0
+    assert capsys.readouterr().out.strip() == f"Fashion-MNIST OK: {data.fashion_raw_folder(root)}"
