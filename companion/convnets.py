@@ -11,6 +11,12 @@ that constant through its whole kernel (``conv2`` uses no padding, and a
 flattened channel feeds ``fc1`` through its own columns), so its contribution
 ``relu(b) * sum(kernel)`` is a constant that is folded into the next layer's
 bias before the channel is deleted.
+
+:func:`shrink_lenet5` stays as the readable example for this one architecture.
+The general path, ``companion.surgery.shrink(model, example_inputs=...)``,
+works on any traceable network but folds nothing: it removes a channel only
+where it carries exactly zero (weights and bias zero), so a dead channel with a
+nonzero bias stays there, while :func:`shrink_lenet5` removes it too.
 """
 
 from __future__ import annotations

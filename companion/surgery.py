@@ -23,7 +23,7 @@ Two implementations sit behind it:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -327,6 +327,9 @@ def _plan_group(graph, group, names, peaks) -> tuple[GroupShrink, list[int]]:
         if not isinstance(module, _LAYERS + _NORMS):
             note = f"couples a {type(module).__name__}, whose channels shrink does not remove"
             continue
+        if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups != module.out_channels:
+            # Torch-Pruning's group.prune does not keep the channels of each group together.
+            note = f"couples a grouped convolution ({names.get(module)}, groups={module.groups})"
         if graph.is_out_channel_pruning_fn(handler):
             if (
                 isinstance(module, _LAYERS)
@@ -365,46 +368,89 @@ def _plan_group(graph, group, names, peaks) -> tuple[GroupShrink, list[int]]:
     return report, removed
 
 
-def _shrink_graph(
-    model: nn.Module, example_inputs: object, rtol: float
-) -> tuple[nn.Module, ShrinkReport]:
+def _traced_copy(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
+    """A copy of ``model`` with masks made permanent, in eval mode, and its dependency graph."""
     import torch_pruning as tp
 
-    inputs = _inputs_tuple(example_inputs)
     small = make_permanent(clone_model(model))
-    training = {name: m.training for name, m in small.named_modules()}
-    trainable = {name: p.requires_grad for name, p in small.named_parameters()}
     small.eval()  # tracing runs a forward pass: it must not move BatchNorm statistics
     for parameter in small.parameters():
         parameter.requires_grad_(True)  # DepGraph traces through autograd
-    names = {module: name for name, module in small.named_modules()}
-    readers = [m for m in small.modules() if isinstance(m, _LAYERS)]
-    peaks, reference = _input_channel_peaks(small, inputs, readers)
     with torch.enable_grad():
         graph = tp.DependencyGraph().build_dependency(
             small, example_inputs=inputs if len(inputs) > 1 else inputs[0], verbose=False
         )
-    groups = list(graph.get_all_groups())  # every decision is taken before anything is pruned
-    plans = [_plan_group(graph, group, names, peaks) for group in groups]
-    for group, (_, removed) in zip(groups, plans, strict=True):
-        if removed:
-            group.prune(idxs=removed)
-    for name, parameter in small.named_parameters():
-        parameter.requires_grad_(trainable.get(name, True))
+    return small, graph
+
+
+def _pruned(model, inputs, plans, chosen):
+    """A fresh traced copy of ``model`` with the channels of the ``chosen`` plans removed."""
+    small, graph = _traced_copy(model, inputs)
+    groups = list(graph.get_all_groups())
+    for i in chosen:
+        groups[i].prune(idxs=plans[i][1])
+    return small
+
+
+def _same_outputs(small, inputs, reference, rtol: float) -> bool:
     with torch.no_grad():
         outputs = _tensors(small(*inputs))
-    for name, module in small.named_modules():
-        module.training = training.get(name, module.training)
-    for before, after in zip(_tensors(reference), outputs, strict=True):
+    expected = _tensors(reference)
+    if len(outputs) != len(expected):
+        return False
+    for before, after in zip(expected, outputs, strict=True):
         scale = before.abs().max().item() if before.numel() else 0.0
         if before.shape != after.shape or not torch.allclose(
             before, after, rtol=rtol, atol=rtol * max(scale, 1e-12)
         ):
-            raise RuntimeError(
-                "shrink: the shrunk model's outputs differ from the masked model's on "
-                "example_inputs; the model may use an operation shrink cannot see through "
-                "(a mean or norm over channels, a parameter used outside its module)"
-            )
+            return False
+    return True
+
+
+def _shrink_graph(
+    model: nn.Module, example_inputs: object, rtol: float
+) -> tuple[nn.Module, ShrinkReport]:
+    inputs = _inputs_tuple(example_inputs)
+    small, graph = _traced_copy(model, inputs)
+    names = {module: name for name, module in small.named_modules()}
+    readers = [m for m in small.modules() if isinstance(m, _LAYERS)]
+    peaks, reference = _input_channel_peaks(small, inputs, readers)
+    groups = list(graph.get_all_groups())  # every decision is taken before anything is pruned
+    plans = [_plan_group(graph, group, names, peaks) for group in groups]
+    chosen = [i for i, (_, removed) in enumerate(plans) if removed]
+    for i in chosen:
+        groups[i].prune(idxs=plans[i][1])
+    if not _same_outputs(small, inputs, reference, rtol):
+        # Every removed channel is zero, yet the outputs moved: an operation across channels
+        # that the graph does not show (a mean or norm over the channel dimension outside a
+        # module). Find the groups responsible, one at a time, on fresh copies.
+        accepted: list[int] = []
+        small = _pruned(model, inputs, plans, accepted)
+        for i in chosen:
+            trial = _pruned(model, inputs, plans, [*accepted, i])
+            if _same_outputs(trial, inputs, reference, rtol):
+                accepted.append(i)
+                small = trial
+            else:
+                report, removed = plans[i]
+                plans[i] = (
+                    replace(
+                        report,
+                        removed=(),
+                        kept=tuple(sorted(report.kept + report.removed)),
+                        note="removing them changed the outputs on example_inputs (an operation "
+                        "across channels, such as a mean over them)",
+                    ),
+                    [],
+                )
+    originals = dict(model.named_modules())
+    for name, module in small.named_modules():
+        if name in originals:
+            module.training = originals[name].training
+    trainable = dict(model.named_parameters())
+    for name, parameter in small.named_parameters():
+        original = trainable.get(name, trainable.get(f"{name}_orig"))
+        parameter.requires_grad_(original.requires_grad if original is not None else True)
     report = ShrinkReport(
         tuple(r for r, _ in plans), count_parameters(model), count_parameters(small)
     )
@@ -444,19 +490,24 @@ def shrink(
 
     A channel dead in only some producers (one dead branch of a residual add)
     stays and is listed in the report, as is the last channel of a layer, a
-    group coupled to a layer type other than convolution, linear and
-    BatchNorm (LayerNorm, GroupNorm, PReLU, embeddings, attention) and the
-    model's output units (the classes). Nothing is folded: a channel carrying a
-    nonzero constant stays. The result is checked against the masked model on
-    ``example_inputs``.
+    group coupled to a grouped (not depthwise) convolution or to a layer type
+    other than convolution, linear and BatchNorm (LayerNorm, GroupNorm, PReLU,
+    embeddings, attention), and the model's output units (the classes). Nothing
+    is folded: a channel carrying a nonzero constant stays. The result is
+    checked against the masked model on ``example_inputs``; if it differs (an
+    operation across channels that the graph does not show, such as a mean
+    over the channel dimension), the groups responsible are found one at a
+    time on fresh copies, and they stay.
 
     Limits: the model must be traceable by Torch-Pruning, which records one
     forward pass through autograd: no data-dependent control flow (a branch
     taken on another input is not seen), no operations outside autograd on the
     channels, parameters used only inside their own modules (a functional
     ``F.conv2d(x, self.w)`` is an unwrapped parameter the graph may not prune
-    correctly), and no means or norms over the channel dimension outside
-    modules. ConvTranspose layers are not shrunk.
+    correctly). A mean or norm over the channel dimension outside a module is
+    invisible to the graph; only the output check finds it, on
+    ``example_inputs``, at the cost of one rebuild per group. Transposed
+    convolutions are not shrunk, nor anything coupled to them.
 
     Args:
         model: The pruned network (masked with ``torch.nn.utils.prune``, or with
@@ -471,17 +522,18 @@ def shrink(
 
     Returns:
         The shrunk model (plain, unmasked parameters; every module's
-        ``training`` flag as in ``model``), whose outputs equal ``model``'s in
-        eval mode up to float rounding; with ``return_report=True``, the pair
-        ``(model, report)``.
+        ``training`` flag and every parameter's ``requires_grad`` as in
+        ``model``; the layers' own sizes such as ``out_channels`` updated, but
+        not sizes the model's class stored at construction, such as the
+        ``channels`` of a :class:`~companion.convnets.LeNet5`), whose outputs
+        equal ``model``'s in eval mode up to float rounding; with
+        ``return_report=True``, the pair ``(model, report)``.
 
     Raises:
         TypeError: If ``model`` is not a ``torch.nn.Module``, if a model that is
             not an MLP comes without ``example_inputs``, or if
             ``example_inputs`` is not a tensor or a tuple of tensors.
         ValueError: If ``rtol`` is not positive.
-        RuntimeError: If the shrunk model's outputs differ from the masked
-            model's on ``example_inputs`` (an operation the tracer cannot see).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),

@@ -76,3 +76,33 @@ def test_alive_channels_and_type_check():
     assert alive_channels(net.conv1).tolist() == [1, 2, 3, 4, 5]
     with pytest.raises(TypeError, match="LeNet5"):
         shrink_lenet5(torch.nn.Linear(2, 2))
+
+
+def test_general_shrink_agrees_with_shrink_lenet5_when_dead_channels_have_zero_biases():
+    from companion.surgery import shrink
+
+    net = _random_lenet(3)
+    with torch.no_grad():
+        for name, rows in (("conv1", [0, 3]), ("conv2", [1, 2, 8]), ("fc1", [5, 50]), ("fc2", [0])):
+            getattr(net, name).weight[rows] = 0
+            getattr(net, name).bias[rows] = 0
+    x = torch.rand(8, 1, 28, 28)
+    readable = shrink_lenet5(net)
+    general = shrink(net, x)
+    for name in ("conv1", "conv2", "fc1", "fc2", "fc3"):
+        assert getattr(general, name).weight.shape == getattr(readable, name).weight.shape, name
+    torch.testing.assert_close(general(x), readable(x), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(general(x), net(x), atol=1e-4, rtol=1e-4)
+
+
+def test_general_shrink_keeps_a_dead_channel_with_a_nonzero_bias_that_shrink_lenet5_folds():
+    from companion.surgery import shrink
+
+    net = _random_lenet(4)
+    with torch.no_grad():
+        net.conv2.weight[[2, 7]] = 0  # biases stay nonzero: the channels output relu(b)
+    x = torch.rand(4, 1, 28, 28)
+    assert shrink_lenet5(net).channels == (6, 14)
+    general = shrink(net, x)
+    assert general.conv2.out_channels == 16
+    torch.testing.assert_close(general(x), net(x), atol=1e-4, rtol=1e-4)

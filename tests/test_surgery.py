@@ -271,7 +271,7 @@ class _Stem(nn.Module):
 
 
 class _UserNet(nn.Module):
-    """A user-style network: nested modules, concatenated branches, a grouped conv, a flatten head."""
+    """A user-style network: nested modules, concatenation, a depthwise conv, a flatten head."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -380,3 +380,52 @@ def test_mlp_keeps_the_teaching_path_and_reports_it():
 def test_shrink_rejects_bad_arguments(kwargs, error, message):
     with pytest.raises(error, match=message):
         shrink(nn.Sequential(nn.Linear(3, 3)), **kwargs)
+
+
+class _ChannelMeanGate(nn.Module):
+    """A spatial gate from the mean over channels: removing a zero channel changes the mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.out = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        y = self.b(y * torch.sigmoid(y.mean(1, keepdim=True)))
+        return self.out(y)
+
+
+def test_a_mean_over_channels_keeps_its_group_and_the_others_still_shrink():
+    model = _randomise_statistics(_ChannelMeanGate())
+    _zero_channels(model, {"a.1": [2, 3], "b.1": [0, 5, 6]})
+    x = torch.randn(2, 3, 8, 8)
+    small, report = shrink(model, x, return_report=True)
+    _assert_same_outputs(small, model, x)
+    gated = _group_of(report, "a.1")
+    assert gated.removed == () and gated.kept == (2, 3) and "changed the outputs" in gated.note
+    assert _group_of(report, "b.1").removed == (0, 5, 6)
+    assert small.a[0].out_channels == 8 and small.b[0].out_channels == 5
+
+
+def test_a_grouped_convolution_keeps_its_channels():
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=4),  # four groups of four: not depthwise
+        nn.ReLU(),
+        nn.Conv2d(16, 2, 1),
+    )
+    _randomise_statistics(model)
+    _zero_channels(model, {"1": [1, 6], "3": [0, 9]})
+    x = torch.randn(2, 3, 8, 8)
+    small, report = shrink(model, x, return_report=True)
+    _assert_same_outputs(small, model, x)
+    assert small[0].out_channels == 16
+    assert "grouped convolution" in _group_of(report, "1").note
+    # its outputs too: removing two of them would leave 14 channels for 4 groups
+    assert "grouped convolution" in _group_of(report, "3").note
+    assert _group_of(report, "3").kept == (0, 9)
+    assert count_parameters(small) == count_parameters(model)
