@@ -417,6 +417,24 @@ CASES = [
         r"model must be a companion.convnets.LeNet5",
         id="shrink-lenet-not-lenet",
     ),
+    pytest.param(
+        lambda: surgery.shrink(seq(), example_inputs=[[0.0] * 4]),
+        TypeError,
+        r"example_inputs must be a torch.Tensor batch or a tuple of tensors",
+        id="shrink-example-inputs-not-tensor",
+    ),
+    pytest.param(
+        lambda: surgery.shrink(seq(), torch.zeros(2, 4), rtol=-1.0),
+        ValueError,
+        r"rtol must be a float in \(0, inf\)",
+        id="shrink-rtol-negative",
+    ),
+    pytest.param(
+        lambda: surgery.shrink("model", torch.zeros(2, 4)),
+        TypeError,
+        r"model must be a torch.nn.Module",
+        id="shrink-not-a-module",
+    ),
     # ---- distillation
     pytest.param(
         lambda: distillation.kd_loss(logits(4, 3), logits(4, 3), temperature=0.0),
