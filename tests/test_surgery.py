@@ -153,7 +153,9 @@ def _resnet18_plan() -> tuple[dict[str, list[int]], dict[str, int]]:
     plan = {name: stem for name in ("conv1", "bn1", "layer1.0.bn2", "layer1.1.bn2")}
     plan["layer2.0.bn1"] = [1, 2, 3, 4]  # a BatchNorm decides for its conv
     plan["layer3.1.conv1"] = plan["layer3.1.bn1"] = list(range(0, 256, 2))
-    return plan, {"conv1": 3, "layer2.0.bn1": 4, "layer3.1.bn1": 128}
+    # one branch of layer4's residual adds only: the downsample branch still carries them
+    plan["layer4.0.bn2"] = plan["layer4.1.bn2"] = [0, 1, 2]
+    return plan, {"conv1": 3, "layer2.0.bn1": 4, "layer3.1.bn1": 128, "layer4.0.bn2": 0}
 
 
 def _mobilenet_plan() -> tuple[dict[str, list[int]], dict[str, int]]:
@@ -205,6 +207,11 @@ def test_shrink_torchvision_models_equals_masked_model_with_fewer_parameters_and
     for layer, removed in expected_removed.items():
         assert len(_group_of(report, layer).removed) == removed, layer
     assert report.removed == sum(expected_removed.values())
+    if arch == "resnet18":
+        assert _group_of(report, "layer4.0.bn2").partly_dead == (0, 1, 2)
+        assert report.partly_dead == (_group_of(report, "layer4.0.bn2"),)
+    else:
+        assert report.partly_dead == ()
     # the original is untouched: same tensors, masks still on, still in eval mode
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in after)
@@ -429,3 +436,13 @@ def test_a_grouped_convolution_keeps_its_channels():
     assert "grouped convolution" in _group_of(report, "3").note
     assert _group_of(report, "3").kept == (0, 9)
     assert count_parameters(small) == count_parameters(model)
+
+
+def test_shrink_runs_on_the_models_device(device):
+    model = _randomise_statistics(_ResidualToy()).to(device)
+    _zero_channels(model, {"stem.1": [0], "blocks.0.4": [0], "blocks.1.4": [0], "blocks.1.1": [3]})
+    x = torch.randn(2, 3, 8, 8, device=device)
+    small, report = shrink(model, x, return_report=True)
+    assert all(p.device.type == device for p in small.parameters())
+    assert report.removed == 2
+    _assert_same_outputs(small, model, x)
