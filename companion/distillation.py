@@ -35,18 +35,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .data import _check_dataset
 from .training import (
     History,
     _check_integer_targets,
     _check_labelled,
+    _check_source,
+    _MappedBatches,
+    _model_device,
+    _model_output,
+    _predict,
     make_optimizer,
     predict,
     train,
 )
-from .utils import check_in_range, check_positive_int
+from .utils import _check_callable, check_in_range, check_positive_int
 
 __all__ = [
     "soft_targets",
@@ -231,7 +235,7 @@ class KDLoss(nn.Module):
 def distill(
     student: nn.Module,
     teacher: nn.Module | None,
-    dataset: TensorDataset,
+    dataset: Dataset | DataLoader,
     *,
     epochs: int,
     temperature: float = 4.0,
@@ -239,23 +243,28 @@ def distill(
     cache_teacher: bool = True,
     teacher_logits: torch.Tensor | None = None,
     labels: bool = True,
+    teacher_output: Callable[[Any], torch.Tensor] | None = None,
     **train_kwargs: Any,
 ) -> History:
     """Train ``student`` to imitate ``teacher`` on ``dataset`` with :func:`kd_loss`.
 
     This is :func:`companion.training.train` with the distillation loss, so it
-    has the same optimizer options, progress bar, history and NaN guard. The
-    teacher is put in eval mode (no dropout), runs under ``torch.no_grad()``
-    and is never updated; its previous mode is restored afterwards.
+    has the same optimizer options, progress bar, history and NaN guard, and
+    takes the same forms of data. The teacher is put in eval mode (no
+    dropout), runs under ``torch.no_grad()`` and is never updated; its
+    previous mode is restored afterwards.
 
-    With ``cache_teacher=True`` the teacher's logits are computed once for the
-    whole training set and stored beside it (one forward pass instead of one
-    per epoch). That is valid because the inputs are the same every epoch
-    (this loop uses no data augmentation) and the teacher in eval mode is
-    deterministic; with augmentation or a stochastic teacher, use
+    With a :class:`~torch.utils.data.TensorDataset` and ``cache_teacher=True``
+    the teacher's logits are computed once for the whole training set and
+    stored beside it (one forward pass instead of one per epoch). That is
+    valid because the inputs are the same every epoch and the teacher in eval
+    mode is deterministic; with a stochastic teacher, use
     ``cache_teacher=False``. Logits computed earlier (one teacher, many
     students) can be passed as ``teacher_logits``; the teacher is then not run
-    at all and may be ``None``.
+    at all and may be ``None``. Any other data set (a map-style ``Dataset``,
+    perhaps with augmentation, or a ``DataLoader``) may give other inputs
+    every epoch, so the teacher runs on every batch whatever
+    ``cache_teacher`` says, and ``teacher_logits`` cannot be used.
 
     With ``labels=False`` the loss is the soft term alone
     (``kd_loss(..., targets=None)``): the transfer set is unlabelled, its
@@ -265,21 +274,25 @@ def distill(
 
     Args:
         student: The network being trained (in place).
-        teacher: The trained network to imitate; ``None`` only with
-            ``teacher_logits``.
-        dataset: ``(inputs, targets)`` on the models' device (``(inputs,)`` is
-            enough with ``labels=False``).
+        teacher: The trained network to imitate, on the student's device;
+            ``None`` only with ``teacher_logits``.
+        dataset: ``(inputs, targets)`` (``(inputs,)`` is enough with
+            ``labels=False``) in any form :func:`companion.training.train`
+            accepts; a ``TensorDataset`` on the models' device.
         epochs: Passes over the data.
         temperature: :math:`T > 0` of :func:`kd_loss`.
         alpha: Weight of the soft term, in ``[0, 1]`` (unused with
             ``labels=False``).
-        cache_teacher: Compute the teacher's logits once.
-        teacher_logits: Precomputed teacher logits for ``dataset``'s inputs,
-            ``[len(dataset), classes]``, on the inputs' device.
+        cache_teacher: Compute the teacher's logits once (``TensorDataset`` only).
+        teacher_logits: Precomputed teacher logits for a ``TensorDataset``'s
+            inputs, ``[len(dataset), classes]``, on the inputs' device.
         labels: Use the hard term with the dataset's targets.
+        teacher_output: ``teacher_output(teacher_output_value)`` picks the
+            logits from a teacher that returns a tuple or a dict (the
+            student's counterpart is ``output``, passed on to ``train``).
         **train_kwargs: Passed to :func:`companion.training.train` (``lr``,
             ``batch_size``, ``momentum``, ``optimizer``, ``seed``,
-            ``eval_set``, ``on_step``, ``progress``, ...).
+            ``eval_set``, ``on_step``, ``output``, ``progress``, ...).
 
     Returns:
         The training history.
@@ -288,12 +301,16 @@ def distill(
         ValueError: For invalid ``temperature`` or ``alpha``, if
             ``train_kwargs`` contains ``loss_fn``, ``dataset`` is empty or
             (with ``labels=True``) has no targets, ``teacher_logits`` does not
-            match the inputs in length or device or is not finite, or
-            ``cache_teacher=False`` is combined with ``teacher_logits`` (and
-            whatever :func:`companion.training.train` rejects).
+            match the inputs in length or device or is not finite, is given
+            with a data set other than a ``TensorDataset``, or
+            ``cache_teacher=False`` is combined with ``teacher_logits``, the
+            teacher is on another device than the student (whatever
+            :func:`companion.training.train` rejects too).
         TypeError: If ``teacher`` is not an ``nn.Module`` (or ``None`` with
             ``teacher_logits``), ``teacher_logits`` is not a tensor, ``labels``
-            is not a bool, or the targets are not integer class indices.
+            is not a bool, ``teacher_output`` is not callable, the teacher's
+            output is not a tensor, or the targets are not integer class
+            indices.
 
     Example:
         >>> from companion.models import MLP
@@ -303,6 +320,11 @@ def distill(
         ...             epochs=2, batch_size=8, progress=False)
         >>> len(h["loss"])
         2
+        >>> from torch.utils.data import DataLoader
+        >>> loader = DataLoader(TensorDataset(x, torch.randint(0, 3, (32,))), batch_size=8)
+        >>> h = distill(MLP((4, 3)), MLP((4, 3)), loader, epochs=1, progress=False)
+        >>> len(h["loss"])
+        1
     """
     _check_temperature(temperature)
     check_in_range("alpha", alpha, 0.0, 1.0)
@@ -313,14 +335,29 @@ def distill(
             raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
     elif teacher is not None and not isinstance(teacher, nn.Module):
         raise TypeError(f"teacher must be a torch.nn.Module or None, got {type(teacher).__name__}")
+    _check_callable("teacher_output", teacher_output)
     if "loss_fn" in train_kwargs:
         raise ValueError(
             "distill sets loss_fn itself; call companion.training.train for a custom loss"
         )
-    if labels:
-        _check_labelled(dataset)
-    else:
-        _check_dataset(dataset)
+    _check_source(dataset, need_targets=labels, integer=labels)
+    if not isinstance(dataset, TensorDataset):
+        if teacher_logits is not None:
+            raise ValueError(
+                "teacher_logits needs a TensorDataset (row i holds the logits of example i); "
+                f"dataset is a {type(dataset).__name__}, so pass the teacher instead"
+            )
+        return _distill_batchwise(
+            student,
+            teacher,
+            dataset,
+            epochs,
+            temperature,
+            alpha,
+            labels,
+            teacher_output,
+            train_kwargs,
+        )
     inputs = dataset.tensors[0]
     if teacher_logits is not None:
         if not cache_teacher:
@@ -339,13 +376,20 @@ def distill(
                 f"teacher_logits is on {teacher_logits.device} but dataset is on "
                 f"{inputs.device}; put them on the same device"
             )
+    if teacher is not None and teacher_logits is None:
+        teacher_device = _model_device(teacher)
+        if teacher_device is not None and teacher_device != inputs.device:
+            raise ValueError(
+                f"teacher is on {teacher_device} but dataset is on {inputs.device}; put both "
+                "on the same device (teacher.to(device))"
+            )
     was_training = teacher.training if teacher is not None else False
     if teacher is not None:
         teacher.eval()
     try:
         if cache_teacher:
             if teacher_logits is None:
-                teacher_logits = predict(teacher, inputs)
+                teacher_logits = _predict(teacher, inputs, 4096, teacher_output, "teacher")
             teacher_logits = teacher_logits.detach()
             if labels:
                 data = TensorDataset(inputs, dataset.tensors[1], teacher_logits)
@@ -361,11 +405,14 @@ def distill(
             if labels:
                 data = TensorDataset(inputs, dataset.tensors[1])
             else:
-                data = TensorDataset(inputs, predict(teacher, inputs).argmax(1))
+                predicted = _predict(teacher, inputs, 4096, teacher_output, "teacher")
+                data = TensorDataset(inputs, predicted.argmax(1))
 
             def loss_fn(logits: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
                 with torch.no_grad():
-                    teacher_logits = teacher(batch[0])
+                    teacher_logits = _model_output(
+                        teacher, batch[0], teacher_output, label="teacher"
+                    )
                 targets = batch[1] if labels else None
                 return kd_loss(
                     logits, teacher_logits, targets, temperature=temperature, alpha=alpha
@@ -375,6 +422,49 @@ def distill(
     finally:
         if teacher is not None:
             teacher.train(was_training)
+
+
+def _distill_batchwise(
+    student: nn.Module,
+    teacher: nn.Module,
+    dataset: Dataset | DataLoader,
+    epochs: int,
+    temperature: float,
+    alpha: float,
+    labels: bool,
+    teacher_output: Callable[[Any], torch.Tensor] | None,
+    train_kwargs: dict[str, Any],
+) -> History:
+    """:func:`distill` on a data set that is not a ``TensorDataset``: the teacher on every batch.
+
+    Each batch, once on the device, becomes ``(inputs, targets, teacher_logits)``, with the
+    teacher's predictions as the targets when ``labels=False`` (they are what ``train``'s
+    accuracy then compares with), so the loss is the one of the cached path.
+    """
+    if isinstance(student, nn.Module):  # train names a student of the wrong type itself
+        student_device, teacher_device = _model_device(student), _model_device(teacher)
+        if None not in (student_device, teacher_device) and student_device != teacher_device:
+            raise ValueError(
+                f"teacher is on {teacher_device} but student is on {student_device}; "
+                "put both on the same device (teacher.to(device))"
+            )
+
+    def with_teacher(batch: tuple[Any, ...]) -> tuple[Any, ...]:
+        with torch.no_grad():
+            logits = _model_output(teacher, batch[0], teacher_output, label="teacher")
+        return (batch[0], batch[1] if labels else logits.argmax(1), logits)
+
+    def loss_fn(logits: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        targets = batch[1] if labels else None
+        return kd_loss(logits, batch[2], targets, temperature=temperature, alpha=alpha)
+
+    data = _MappedBatches(dataset, with_teacher, need_targets=labels, integer_targets=labels)
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        return train(student, data, epochs=epochs, loss_fn=loss_fn, **train_kwargs)
+    finally:
+        teacher.train(was_training)
 
 
 # --------------------------------------------------------------------------- experiment protocols

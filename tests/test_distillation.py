@@ -1,4 +1,5 @@
-"""kd_loss against its formula and gradient; distill leaves the teacher untouched."""
+"""kd_loss against its formula and gradient; distill leaves the teacher untouched and takes any
+data set (a Subset, a DataLoader) and teachers that return tuples (``teacher_output``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from companion.distillation import KDLoss, distill, kd_loss, soft_targets
 from companion.models import MLP
-from companion.training import train
+from companion.training import predict, train
 
 
 def _logits(seed, batch=8, classes=5):
@@ -131,3 +133,95 @@ def test_distill_uses_the_teacher(kd_setup):
     noise = MLP((8, 4, 2))
     distill(s2, noise, data, epochs=1, alpha=1.0, progress=False)
     assert not torch.allclose(s1.fc1.weight, s2.fc1.weight)
+
+
+# --------------------------------------------------------------------------- any data set
+
+
+def test_a_subset_distills_like_the_uncached_tensor_path(kd_setup):
+    """Any other data set runs the teacher on every batch, with the order of the fast path."""
+    teacher, data = kd_setup
+    runs = []
+    for dataset, cache in ((data, False), (Subset(data, range(len(data))), True)):
+        torch.manual_seed(1)
+        student = MLP((8, 4, 2))
+        history = distill(
+            student,
+            teacher,
+            dataset,
+            epochs=2,
+            lr=0.1,
+            cache_teacher=cache,
+            seed=3,
+            batch_size=48,
+            eval_set=dataset,
+            progress=False,
+        )
+        runs.append((student, history))
+    (a, ha), (b, hb) = runs
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    assert ha["loss"] == hb["loss"] and ha["train_accuracy"] == hb["train_accuracy"]
+
+
+def test_distill_from_a_dataloader_of_inputs_only(kd_setup):
+    """Unlabelled batches (inputs only); train_accuracy is agreement with the teacher."""
+    teacher, data = kd_setup
+    loader = DataLoader(TensorDataset(data.tensors[0]), batch_size=32, shuffle=True)
+    torch.manual_seed(2)
+    student = MLP((8, 16, 2))
+    history = distill(
+        student,
+        teacher,
+        loader,
+        epochs=20,
+        lr=0.1,
+        labels=False,
+        temperature=2.0,
+        progress=False,
+    )
+    assert history["train_accuracy"][-1] > 0.9
+    agreement = predict(student, data.tensors[0]).argmax(1) == predict(
+        teacher, data.tensors[0]
+    ).argmax(1)
+    assert agreement.float().mean() > 0.9
+
+
+class _PairTeacher(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x), x
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_teacher_output_picks_the_teachers_logits(kd_setup, cache):
+    teacher, data = kd_setup
+    pair = _PairTeacher(teacher)
+    with pytest.raises(TypeError, match=r"teacher returned a tuple.*pass teacher_output="):
+        distill(MLP((8, 4, 2)), pair, data, epochs=1, cache_teacher=cache, progress=False)
+    results = []
+    for net, extra in ((teacher, {}), (pair, {"teacher_output": lambda out: out[0]})):
+        torch.manual_seed(4)
+        student = MLP((8, 4, 2))
+        distill(student, net, data, epochs=1, cache_teacher=cache, progress=False, **extra)
+        results.append(student)
+    assert all(torch.equal(p, q) for p, q in zip(*(r.parameters() for r in results), strict=True))
+
+
+def test_the_subset_path_with_a_teacher_returning_a_tuple(kd_setup):
+    teacher, data = kd_setup
+    subset = Subset(data, range(100))
+    with pytest.raises(TypeError, match=r"teacher returned a tuple"):
+        distill(MLP((8, 4, 2)), _PairTeacher(teacher), subset, epochs=1, progress=False)
+    history = distill(
+        MLP((8, 4, 2)),
+        _PairTeacher(teacher),
+        subset,
+        epochs=1,
+        progress=False,
+        teacher_output=lambda out: out[0],
+    )
+    assert len(history["loss"]) == 1
