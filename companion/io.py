@@ -1,4 +1,4 @@
-"""Saving and loading models: dense, masked (soft-pruned) and shrunk (hard-pruned).
+"""Saving and loading models: dense, masked (soft-pruned) and shrunk (hard-pruned), any module.
 
 A companion model file is an ordinary ``torch.save`` archive that holds only
 tensors, strings, numbers, lists and dicts, so it loads with
@@ -9,7 +9,13 @@ It stores:
 * ``"architecture"``: the class and constructor arguments of the model
   (:class:`companion.models.MLP` with its ``sizes``, or
   :class:`companion.convnets.LeNet5`), which is what makes a *shrunk* model,
-  whose widths differ from the original's, loadable without knowing them;
+  whose widths differ from the original's, loadable without knowing them. Any
+  other :class:`torch.nn.Module` is stored with ``{"class": "<module>.<name>",
+  "rebuildable": False}``: its code is not in the file, so it loads into an
+  instance the caller builds (``load(path, model=instance)``);
+* ``"masked"``: the layers whose ``weight`` carries a ``torch.nn.utils.prune``
+  mask, and for other modules ``"masked_parameters"``, every masked parameter
+  by qualified name (``"0.weight"``, ``"block.conv.bias"``);
 * ``"state_dict"``: every parameter and buffer, including ``weight_orig`` and
   ``weight_mask`` of masked layers, so a soft-pruned model comes back with its
   masks and the values its pruned weights had.
@@ -127,20 +133,61 @@ def _build(arch: dict[str, Any]) -> nn.Module:
     raise ModelFileError(f"unknown architecture {kind!r} in the model file")
 
 
+def _masked_parameters(model: nn.Module) -> list[str]:
+    """Qualified names of the parameters that carry a ``torch.nn.utils.prune`` mask, sorted.
+
+    A masked parameter ``p`` of module ``m`` is stored as ``m.p_orig`` beside the buffer
+    ``m.p_mask``; its name here is ``"m.p"`` (``"p"`` for the root module).
+    """
+    names = []
+    for module_name, module in model.named_modules():
+        for param_name, _ in module.named_parameters(recurse=False):
+            base = param_name[: -len("_orig")]
+            if param_name.endswith("_orig") and isinstance(
+                getattr(module, f"{base}_mask", None), torch.Tensor
+            ):
+                names.append(f"{module_name}.{base}" if module_name else base)
+    return sorted(names)
+
+
+def _class_name(model: nn.Module) -> str:
+    kind = type(model)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    state = {}
+    for key, value in model.state_dict().items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"model's state_dict entry {key!r} is a {type(value).__name__}, not a tensor; "
+                "a companion model file holds tensors only (it loads with weights_only=True)"
+            )
+        state[key] = value.detach().cpu().clone()
+    return state
+
+
 def save(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Save ``model`` (dense, masked or shrunk) with its architecture, atomically.
+    """Save ``model`` (dense, masked or shrunk, any module) atomically.
+
+    A :class:`~companion.models.MLP` or :class:`~companion.convnets.LeNet5` is
+    saved with its architecture, so :func:`load` rebuilds it from the file
+    alone. Any other module is saved with its state dict (masks included:
+    ``weight_orig``, ``weight_mask`` and the list of masked parameters) and
+    its class name; :func:`load` then restores it into an instance you pass
+    as ``model=``.
 
     Args:
-        model: A :class:`~companion.models.MLP` or :class:`~companion.convnets.LeNet5`,
-            pruned with masks or not.
+        model: The model, pruned with masks or not.
         path: Destination file (conventionally ``*.pt``); its folder must exist.
 
     Returns:
         The path written.
 
     Raises:
-        TypeError: If ``model`` has no known architecture, or ``path`` is not
-            a ``str`` or ``os.PathLike``.
+        TypeError: If ``model`` is not an ``nn.Module``, its state dict holds
+            something other than tensors, or ``path`` is not a ``str`` or
+            ``os.PathLike``.
         FileNotFoundError: If the destination folder does not exist.
 
     Example:
@@ -151,18 +198,39 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         ...     same = load(path)
         >>> all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), same.state_dict().values()))
         True
+        >>> mine = nn.Sequential(nn.Linear(4, 2))  # not one of the book's architectures
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = save(mine, f"{tmp}/mine.pt")
+        ...     again = load(path, model=nn.Sequential(nn.Linear(4, 2)))
+        >>> torch.equal(again[0].weight, mine[0].weight)
+        True
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    payload = {
-        "format": FORMAT,
-        "version": VERSION,
-        "architecture": architecture(model),
-        "masked": sorted(
-            name for name, module in model.named_modules() if hasattr(module, "weight_mask")
-        ),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-    }
+    from .convnets import LeNet5
+    from .models import MLP
+
+    # Exactly the book's classes: a subclass may add modules or change forward, which the
+    # rebuilt base class would not have.
+    if type(model) in (MLP, LeNet5):
+        payload = {
+            "format": FORMAT,
+            "version": VERSION,
+            "architecture": architecture(model),
+            "masked": sorted(
+                name for name, module in model.named_modules() if hasattr(module, "weight_mask")
+            ),
+            "state_dict": _cpu_state(model),
+        }
+    else:
+        payload = {
+            "format": FORMAT,
+            "version": VERSION,
+            # A "class" that no companion builds: an older companion's load refuses it by name.
+            "architecture": {"class": _class_name(model), "rebuildable": False},
+            "masked_parameters": _masked_parameters(model),
+            "state_dict": _cpu_state(model),
+        }
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
@@ -199,38 +267,161 @@ def read_archive(path: str | os.PathLike, expected_format: str) -> dict[str, Any
     return payload
 
 
-def load(path: str | os.PathLike, *, device: str | torch.device | None = None) -> nn.Module:
+def _file_masked_parameters(payload: dict[str, Any]) -> list[str]:
+    """The masked parameters a file records, in either form (book architecture or any module)."""
+    if "masked_parameters" in payload:
+        return list(payload["masked_parameters"])
+    return [f"{name}.weight" if name else "weight" for name in payload.get("masked", [])]
+
+
+def _split(qualified: str) -> tuple[str, str]:
+    module_name, _, param = qualified.rpartition(".")
+    return module_name, param
+
+
+def _key_mismatch(
+    model: nn.Module, state: dict[str, torch.Tensor], file_masked: list[str]
+) -> tuple[list[str], list[str], list[str]]:
+    """Compare the file's keys with the keys ``model`` will have once its masks match the file's.
+
+    Returns the missing keys (the model has them, the file does not), the unexpected ones
+    (the reverse) and the shape mismatches, without changing ``model``.
+    """
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    model_masked = set(_masked_parameters(model))
+    for name in file_masked:
+        if name in model_masked:
+            continue
+        # The model holds the plain parameter; after masking it holds name_orig and name_mask.
+        shape = expected.pop(name, None)
+        if shape is not None:
+            expected[f"{name}_orig"] = expected[f"{name}_mask"] = shape
+    for name in model_masked - set(file_masked):
+        # The file holds the plain parameter; the model's mask is removed before loading.
+        shape = expected.pop(f"{name}_orig")
+        expected.pop(f"{name}_mask", None)
+        expected[name] = shape
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(
+        f"{key} (file {tuple(state[key].shape)}, model {expected[key]})"
+        for key in set(expected) & set(state)
+        if tuple(state[key].shape) != expected[key]
+    )
+    return missing, unexpected, shapes
+
+
+@torch.no_grad()
+def _restore_into(
+    model: nn.Module, state: dict[str, torch.Tensor], file_masked: list[str], label: str
+) -> nn.Module:
+    """Make ``model``'s masks those of the file, then load every tensor (strict keys)."""
+    from torch.nn.utils import prune
+
+    missing, unexpected, shapes = _key_mismatch(model, state, file_masked)
+    if missing or unexpected or shapes:
+        details = [
+            f"{what}: {', '.join(keys[:12])}{' ...' if len(keys) > 12 else ''}"
+            for what, keys in (
+                ("missing keys (in model, not in the file)", missing),
+                ("unexpected keys (in the file, not in model)", unexpected),
+                ("shape mismatches", shapes),
+            )
+            if keys
+        ]
+        raise ValueError(f"model does not match {label}; nothing was loaded. " + ". ".join(details))
+    model_masked = set(_masked_parameters(model))
+    for name in sorted(model_masked - set(file_masked)):
+        module_name, param = _split(name)
+        prune.remove(model.get_submodule(module_name), param)  # the file's value replaces it
+    for name in file_masked:
+        if name not in model_masked:
+            module_name, param = _split(name)
+            module = model.get_submodule(module_name)
+            mask = state[f"{name}_mask"].to(getattr(module, param).device)
+            prune.custom_from_mask(module, param, mask)
+    model.load_state_dict(state, strict=True)
+    # load_state_dict fills p_orig and p_mask but not the computed p; recompute it now.
+    for name in file_masked:
+        module_name, param = _split(name)
+        module = model.get_submodule(module_name)
+        setattr(module, param, getattr(module, f"{param}_orig") * getattr(module, f"{param}_mask"))
+    return model
+
+
+def load(
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    model: nn.Module | None = None,
+) -> nn.Module:
     """Load a model written by :func:`save`, with its masks, in eval mode.
+
+    Without ``model`` the file must hold one of the book's architectures,
+    which is rebuilt. With ``model`` the file's weights and masks are restored
+    into that instance (any module, also for a file of the book's
+    architectures): parameters masked in the file are masked in the instance
+    (``torch.nn.utils.prune.custom_from_mask``), masks the instance has and
+    the file has not are removed, and every key must match (strict). A
+    mismatch is reported before anything is changed.
 
     Args:
         path: The file.
-        device: Where to put the model (default CPU).
+        device: Where to put the model (default: CPU for a rebuilt model,
+            where it already is for ``model``).
+        model: An instance of the saved model's class to restore into, in place.
 
     Returns:
-        The rebuilt model; masked layers carry ``weight_orig`` and ``weight_mask`` again.
+        The rebuilt model, or ``model`` itself; masked layers carry
+        ``weight_orig`` and ``weight_mask`` again.
 
     Raises:
-        TypeError: If ``path`` is not a ``str`` or ``os.PathLike``.
+        TypeError: If ``path`` is not a ``str`` or ``os.PathLike`` or
+            ``model`` is not an ``nn.Module``.
         FileNotFoundError: If ``path`` does not exist.
         ModelFileError: If the file is truncated, corrupt, of another format or version.
+        ValueError: If the file holds a model that is not one of the book's
+            architectures and no ``model`` is given, or ``model``'s keys or
+            shapes do not match the file (the message lists them).
     """
-    from .pruning import apply_masks
-
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
     payload = read_archive(path, FORMAT)
     if payload.get("version") != VERSION:
         raise ModelFileError(
             f"{path} has format version {payload.get('version')!r}; this companion reads {VERSION}"
         )
-    model = _build(payload["architecture"])
+    arch = payload.get("architecture")
+    if not isinstance(arch, dict) or "state_dict" not in payload:
+        raise ModelFileError(
+            f"{path} has no architecture or state_dict entry; save the model again"
+        )
     state = payload["state_dict"]
+    if model is not None:
+        _restore_into(
+            model, state, _file_masked_parameters(payload), f"{path} ({arch.get('class')})"
+        )
+        if device is not None:
+            model.to(device)
+        return model.eval()
+    if arch.get("rebuildable") is False:
+        short = str(arch.get("class")).rsplit(".", 1)[-1]
+        raise ValueError(
+            f"{path} holds a {arch.get('class')}, which is not one of the book's architectures "
+            f"and cannot be rebuilt from the file; build one and pass it: "
+            f"load(path, model={short}(...))"
+        )
+    from .masks import apply_masks
+
+    rebuilt = _build(arch)
     masks = {name: state[f"{name}.weight_mask"] for name in payload["masked"]}
     # Re-create the re-parametrisation first, so that weight_orig and weight_mask have a home.
-    apply_masks(model, masks)
+    apply_masks(rebuilt, masks)
     try:
-        model.load_state_dict(state, strict=True)
+        rebuilt.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise ModelFileError(f"{path} does not match its own architecture: {error}") from error
     # load_state_dict fills weight_orig and weight_mask but not the computed ``weight``;
     # applying the masks again recomputes it from the loaded values.
-    apply_masks(model, masks)
-    return model.to(device or "cpu").eval()
+    apply_masks(rebuilt, masks)
+    return rebuilt.to(device or "cpu").eval()
