@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import companion as cp
 from companion import (
@@ -103,6 +103,28 @@ def distill(**kwargs):
     return distillation.distill(
         args.pop("student"), args.pop("teacher"), args.pop("dataset"), progress=False, **args
     )
+
+
+class Records(torch.utils.data.Dataset):
+    """A map-style data set whose items are dicts (batches collate to dicts)."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": torch.zeros(4), "y": torch.tensor(0)}
+
+
+class Pair(nn.Module):
+    """A model returning ``(logits, a 1-d score)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.fc(x)
+        return logits, logits.sum(1)
 
 
 def written(tmp: Path, payload: object | bytes) -> Path:
@@ -1037,10 +1059,10 @@ CASES = [
         id="load-version",
     ),
     pytest.param(
-        lambda: io.save(seq(), scratch("seq.pt")),
+        lambda: io.architecture(seq()),
         TypeError,
         r"model must be a companion MLP or LeNet5",
-        id="save-plain-sequential",
+        id="architecture-plain-sequential",
     ),
     pytest.param(
         lambda: io.save("model", scratch("x.pt")),
@@ -1224,6 +1246,123 @@ CASES = [
         ValueError,
         r"seed must be an integer >= 0",
         id="shortcut-seed",
+    ),
+    # ---- any data set, model outputs, saving any module (issue 12, items 5 and 6)
+    pytest.param(
+        lambda: train(dataset=[(torch.zeros(4), 0)] * 8),
+        TypeError,
+        r"dataset must be a torch.utils.data.TensorDataset, a map-style "
+        r"torch.utils.data.Dataset or a torch.utils.data.DataLoader, got list",
+        id="train-dataset-list",
+    ),
+    pytest.param(
+        lambda: train(dataset=Subset(data(), [])),
+        ValueError,
+        r"dataset is empty; it must hold at least one example",
+        id="train-empty-subset",
+    ),
+    pytest.param(
+        lambda: train(dataset=DataLoader(Records(), batch_size=4)),
+        TypeError,
+        r"dataset must yield \(inputs, targets, \.\.\.\) tuples or tensors, got a batch of type dict",
+        id="train-dict-batches",
+    ),
+    pytest.param(
+        lambda: train(dataset=Subset(TensorDataset(torch.randn(8, 4)), range(8))),
+        ValueError,
+        r"dataset must hold \(inputs, targets\) tensors, got batches of 1 item",
+        id="train-subset-no-targets",
+    ),
+    pytest.param(
+        lambda: train(dataset=Subset(TensorDataset(torch.randn(8, 4), torch.rand(8)), range(8))),
+        TypeError,
+        r"dataset targets must hold integer class indices \(e.g. torch.int64\), got torch.float32",
+        id="train-subset-float-targets",
+    ),
+    pytest.param(
+        lambda: train(dataset=Subset(data(classes=5), range(8))),
+        ValueError,
+        r"dataset targets must be class indices in \[0, 1\]",
+        id="train-subset-labels-out-of-range",
+    ),
+    pytest.param(
+        lambda: train(output="logits"),
+        TypeError,
+        r"output must be callable or None",
+        id="train-output-not-callable",
+    ),
+    pytest.param(
+        lambda: train(model=Pair()),
+        TypeError,
+        r"model returned a tuple, not a tensor of shape \[batch, classes\]; pass output=",
+        id="train-model-returns-tuple",
+    ),
+    pytest.param(
+        lambda: train(model=Pair(), output=lambda out: out[1]),
+        ValueError,
+        r"model output must have shape \[batch, classes\] = \[4, classes\].*got \(4,\)",
+        id="train-output-wrong-shape",
+    ),
+    pytest.param(
+        lambda: training.evaluate(Pair(), data()),
+        TypeError,
+        r"model returned a tuple.*pass output=",
+        id="evaluate-model-returns-tuple",
+    ),
+    pytest.param(
+        lambda: training.evaluate(mlp(), data(), loss_fn=3),
+        TypeError,
+        r"loss_fn must be callable or None",
+        id="evaluate-loss-fn",
+    ),
+    pytest.param(
+        lambda: training.predict(Pair(), torch.randn(3, 4), output=0),
+        TypeError,
+        r"output must be callable or None",
+        id="predict-output",
+    ),
+    pytest.param(
+        lambda: distill(dataset=Subset(data(), range(8)), teacher_logits=logits(8, 2)),
+        ValueError,
+        r"teacher_logits needs a TensorDataset",
+        id="distill-teacher-logits-subset",
+    ),
+    pytest.param(
+        lambda: distill(teacher_output="logits"),
+        TypeError,
+        r"teacher_output must be callable or None",
+        id="distill-teacher-output",
+    ),
+    pytest.param(
+        lambda: distill(teacher=Pair(), dataset=Subset(data(), range(8))),
+        TypeError,
+        r"teacher returned a tuple.*pass teacher_output=",
+        id="distill-teacher-returns-tuple",
+    ),
+    pytest.param(
+        lambda: distill(teacher=mlp().to("meta"), dataset=Subset(data(), range(8))),
+        ValueError,
+        r"teacher is on meta but student is on cpu",
+        id="distill-teacher-device",
+    ),
+    pytest.param(
+        lambda: io.load(io.save(seq(), scratch("seq.pt"))),
+        ValueError,
+        r"Sequential, which is not one of the book's architectures.*model=Sequential\(\.\.\.\)",
+        id="load-user-model-without-instance",
+    ),
+    pytest.param(
+        lambda: io.load(io.save(seq(), scratch("seq.pt")), model=mlp()),
+        ValueError,
+        r"model does not match .*nothing was loaded\. missing keys .*fc1\.weight.*"
+        r"unexpected keys .*0\.weight",
+        id="load-instance-mismatch",
+    ),
+    pytest.param(
+        lambda: io.load(io.save(seq(), scratch("seq.pt")), model="Sequential"),
+        TypeError,
+        r"model must be a torch.nn.Module or None, got str",
+        id="load-instance-type",
     ),
 ]
 
