@@ -15,9 +15,11 @@ Two implementations sit behind it:
   (DepGraph, Fang et al. 2023) which channels are coupled (the convolutions
   feeding one residual add, a BatchNorm and its convolution, a depthwise
   convolution's inputs and outputs, a flattened feature map and the columns of
-  the linear head) and removes a channel only where that is exact: where the
-  channel provably carries zero into every layer that reads it. Nothing is
-  folded there; a channel that carries a nonzero constant stays.
+  the linear head) and removes a channel only where that is exact: where every
+  layer producing it outputs exactly zero there whatever the input (zero
+  weights and bias, or a BatchNorm with zero weight and bias), and every layer
+  reading it saw zero there on an example batch. Nothing is folded there; a
+  channel that carries a nonzero constant stays.
 """
 
 from __future__ import annotations
