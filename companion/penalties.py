@@ -13,10 +13,12 @@ pruned); biases are excluded unless ``include_bias=True``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
-from .masks import prunable_layers
+from .masks import _check_exclude, output_layers, prunable_layers
 from .utils import check_in_range
 
 __all__ = [
@@ -36,6 +38,21 @@ def _tensors(model: nn.Module, include_bias: bool) -> list[torch.Tensor]:
     if include_bias:
         tensors += [m.bias for m in layers.values() if m.bias is not None]
     return tensors
+
+
+def _hidden_layers(model: nn.Module, exclude: Sequence[str], what: str) -> list[nn.Module]:
+    """The layers whose rows are hidden units: all prunable ones but the output layers and ``exclude``."""
+    layers = prunable_layers(model)
+    if not layers:
+        raise ValueError(f"model has no prunable (Linear or Conv) layers to {what}")
+    protected = output_layers(model, exclude=exclude)
+    hidden = [m for name, m in layers.items() if name not in protected]
+    if not hidden:
+        raise ValueError(
+            f"model needs a hidden prunable (Linear or Conv) layer to {what}: the rows of "
+            f"{protected} (the output layers and exclude) are left alone"
+        )
+    return hidden
 
 
 def l1_penalty(model: nn.Module, *, include_bias: bool = False) -> torch.Tensor:
@@ -82,13 +99,28 @@ def l2_penalty(model: nn.Module, *, include_bias: bool = False) -> torch.Tensor:
     return sum(t.pow(2).sum() for t in _tensors(model, include_bias))
 
 
-def group_lasso_penalty(model: nn.Module) -> torch.Tensor:
+def group_lasso_penalty(model: nn.Module, *, exclude: Sequence[str] = ()) -> torch.Tensor:
     r"""Group lasso over output neurons: :math:`\Omega(w) = \sum_j \lVert w_{j,:} \rVert_2`.
 
     Each group is the incoming weight vector of one output neuron (one row of
     a Linear weight, one filter of a convolution). The penalty drives whole
     groups to zero together, which is what structured pruning removes
-    (Yuan and Lin 2006; Wen et al. 2016).
+    (Yuan and Lin 2006; Wen et al. 2016). Every prunable layer but those in
+    ``exclude`` is penalised, the output layers included: the subgradient
+    shrinks their rows but never makes one exactly zero, so no class is
+    removed; the proximal step that does make zeros,
+    :func:`group_soft_threshold_`, leaves the output layers alone.
+
+    Args:
+        model: The network.
+        exclude: Layer names whose rows are not penalised.
+
+    Returns:
+        A scalar tensor connected to the autograd graph.
+
+    Raises:
+        ValueError: If the model has no prunable layer, or ``exclude`` names an
+            unknown layer or leaves none.
 
     Example:
         >>> layer = nn.Linear(2, 2)
@@ -97,7 +129,14 @@ def group_lasso_penalty(model: nn.Module) -> torch.Tensor:
         >>> group_lasso_penalty(layer).item()
         6.0
     """
-    return sum(t.flatten(1).norm(dim=1).sum() for t in _tensors(model, include_bias=False))
+    layers = prunable_layers(model)
+    if not layers:
+        raise ValueError("model has no prunable (Linear or Conv) layers to penalise")
+    excluded = _check_exclude(layers, exclude)
+    weights = [m.weight for name, m in layers.items() if name not in excluded]
+    if not weights:
+        raise ValueError(f"exclude={excluded} leaves no layer to penalise")
+    return sum(w.flatten(1).norm(dim=1).sum() for w in weights)
 
 
 @torch.no_grad()
@@ -150,7 +189,9 @@ def soft_threshold_(model: nn.Module, threshold: float) -> int:
 
 
 @torch.no_grad()
-def group_soft_threshold_(model: nn.Module, threshold: float) -> int:
+def group_soft_threshold_(
+    model: nn.Module, threshold: float, *, exclude: Sequence[str] = ()
+) -> int:
     r"""In-place proximal step of the group lasso over hidden neurons (block soft threshold).
 
     Each group :math:`g` is one row of a hidden layer's weight (the incoming
@@ -162,21 +203,24 @@ def group_soft_threshold_(model: nn.Module, threshold: float) -> int:
     gradient step on the loss alone. A row whose norm is at most :math:`\tau`
     becomes *exactly* zero, which the subgradient of
     :func:`group_lasso_penalty` never achieves, so
-    :func:`companion.surgery.shrink` can then remove the neuron. The last
-    prunable layer (the output layer: its rows are the classes) is left
+    :func:`companion.surgery.shrink` can then remove the neuron. The output
+    layers (:func:`~companion.masks.output_layers`, found from the graph:
+    their rows are the classes) and the layers in ``exclude`` are left
     alone. For a pruned layer the row norm is that of the effective (masked)
     weight and the stored ``weight_orig`` is scaled.
 
     Args:
-        model: The network, modified in place; it needs at least two prunable layers.
+        model: The network, modified in place; it needs a hidden prunable layer.
         threshold: :math:`\tau \ge 0`.
+        exclude: Layer names to leave alone.
 
     Returns:
         The number of hidden neurons whose incoming weights are exactly zero afterwards.
 
     Raises:
-        ValueError: If ``threshold`` is negative or not finite, or the model has
-            fewer than two Linear or Conv layers (no hidden layer to threshold).
+        ValueError: If ``threshold`` is negative or not finite, the model has no
+            hidden Linear or Conv layer to threshold, or ``exclude`` names an
+            unknown layer.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
@@ -188,14 +232,9 @@ def group_soft_threshold_(model: nn.Module, threshold: float) -> int:
         [[2.4000000953674316, 3.200000047683716], [0.0, 0.0]]
     """
     check_in_range("threshold", threshold, 0.0, float("inf"), high_inclusive=False)
-    layers = list(prunable_layers(model).values())
-    if len(layers) < 2:
-        raise ValueError(
-            "model needs at least two prunable (Linear or Conv) layers: the output layer's rows "
-            f"are classes and are not thresholded, got {len(layers)} layer(s)"
-        )
+    layers = _hidden_layers(model, exclude, "threshold")
     zero_rows = 0
-    for module in layers[:-1]:
+    for module in layers:
         masked = hasattr(module, "weight_orig")
         weight = module.weight_orig * module.weight_mask if masked else module.weight
         norms = weight.flatten(1).norm(dim=1)

@@ -1,7 +1,7 @@
 """Pruning masks, built on ``torch.nn.utils.prune``.
 
-The functional core computes masks (:func:`magnitude_masks`,
-:func:`random_masks`); :mod:`companion.masks` puts them on a model
+The functional core computes masks (:func:`masks_from_scores` from any
+scores, :func:`magnitude_masks`, :func:`random_masks`); :mod:`companion.masks` puts them on a model
 (:func:`~companion.masks.apply_masks`) and folds them in
 (:func:`~companion.masks.make_permanent`), and :func:`iterative_prune` runs the
 source article's prune-evaluate-restore loop. ``apply_masks``, ``current_masks``,
@@ -27,7 +27,8 @@ smaller one pruned.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -35,11 +36,14 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .masks import (
+    _check_exclude,
     apply_masks,
     current_masks,
     current_weight,
+    erase_masked_,
     is_pruned,
     make_permanent,
+    output_layers,
     prunable_layers,
     refresh_masked_weights,
 )
@@ -47,6 +51,7 @@ from .metrics import layer_sparsity, sparsity
 from .utils import _check_callable, _check_generator, check_in_range, check_positive_int
 
 __all__ = [
+    "masks_from_scores",
     "magnitude_masks",
     "random_masks",
     "apply_masks",
@@ -75,21 +80,27 @@ def _check_norm(norm: float) -> None:
         raise ValueError(f"norm must be a positive number (1 for L1, 2 for L2), got {norm!r}")
 
 
-def _layers(model: nn.Module, structured: bool) -> dict[str, nn.Module]:
-    """Layers a mask may cover: all prunable ones, minus the classifier when structured."""
+def _layers(
+    model: nn.Module, structured: bool, exclude: Sequence[str] = ()
+) -> dict[str, nn.Module]:
+    """Layers a mask may cover: the prunable ones but ``exclude`` and, when structured, the output layers."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     layers = prunable_layers(model)
     if not layers:
         raise ValueError("model has no prunable (Linear or Conv) layers")
-    if structured:
-        # The last layer's rows are the classes: removing one removes a class.
-        layers = dict(list(layers.items())[:-1])
-        if not layers:
+    excluded = _check_exclude(layers, exclude)
+    # The output layers' units are the classes: removing one removes a class.
+    protected = output_layers(model, exclude=excluded) if structured else excluded
+    kept = {name: m for name, m in layers.items() if name not in protected}
+    if not kept:
+        if structured:
             raise ValueError(
-                "structured pruning needs a hidden layer; the model has only its output layer"
+                "structured pruning needs a hidden layer; the model has only its output layer(s) "
+                f"{list(protected)}" + (f" and exclude={excluded}" if excluded else "")
             )
-    return layers
+        raise ValueError(f"exclude={excluded} leaves no layer to prune")
+    return kept
 
 
 # --------------------------------------------------------------------------- mask core
@@ -149,23 +160,134 @@ def _unit_scores(
     structured: bool,
     norm: float,
     score_fn: Callable[[torch.Tensor], torch.Tensor],
+    weight_scores: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Size]]:
+    """One score per unit (weight, or row when structured); already-pruned units score lowest.
+
+    ``weight_scores`` (shaped like the weights) replace ``|w|``; a row's score is then the
+    ``norm`` of its row of scores, as a row's magnitude is the norm of its weights.
+    """
     scores, shapes = {}, {}
     for name, module in layers.items():
         weight = current_weight(module)
         shapes[name] = weight.shape
+        base = weight.abs() if weight_scores is None else weight_scores[name]
         pruned = weight == 0 if not prune.is_pruned(module) else module.weight_mask == 0
         if structured:
-            rows = weight.flatten(1)
-            score = score_fn(rows.norm(p=norm, dim=1))
+            score = score_fn(base.flatten(1).norm(p=norm, dim=1))
             dead = pruned.flatten(1).all(dim=1)
-            score = torch.where(dead, torch.full_like(score, -1.0), score)
+            score = torch.where(dead, torch.full_like(score, -math.inf), score)
         else:
-            score = score_fn(weight.abs())
+            score = score_fn(base)
             if prune.is_pruned(module):
-                score = torch.where(pruned, torch.full_like(score, -1.0), score)
+                score = torch.where(pruned, torch.full_like(score, -math.inf), score)
         scores[name] = score
     return scores, shapes
+
+
+def _check_scores(layers: dict[str, nn.Module], scores: object) -> dict[str, torch.Tensor]:
+    if not isinstance(scores, dict):
+        raise TypeError(
+            f"scores must be a dict of {{layer name: tensor}}, got {type(scores).__name__}"
+        )
+    checked = {}
+    for name, score in scores.items():
+        if name not in layers:
+            raise ValueError(
+                f"scores names {name!r}, which is not a prunable layer of the model; "
+                f"layers are {list(layers)}"
+            )
+        if not isinstance(score, torch.Tensor):
+            raise TypeError(f"scores[{name!r}] must be a tensor, got {type(score).__name__}")
+        weight = layers[name].weight
+        if score.shape != weight.shape:
+            raise ValueError(
+                f"scores[{name!r}] has shape {tuple(score.shape)}, but the weight of {name!r} has "
+                f"shape {tuple(weight.shape)}"
+            )
+        score = score.detach().to(weight.device)
+        if not score.is_floating_point():
+            score = score.to(weight.dtype)
+        if not bool(torch.isfinite(score).all()):
+            raise ValueError(f"scores[{name!r}] must be finite (it holds NaN or infinity)")
+        checked[name] = score
+    return checked
+
+
+@torch.no_grad()
+def masks_from_scores(
+    model: nn.Module,
+    scores: dict[str, torch.Tensor],
+    amount: float,
+    *,
+    scope: Scope = "layer",
+    structured: bool = False,
+    norm: float = 1,
+    exclude: Sequence[str] = (),
+) -> dict[str, torch.Tensor]:
+    r"""Masks that prune the ``amount`` fraction of weights (or units) with the lowest scores.
+
+    Any importance criterion (magnitude, a saliency, a random draw) gives one
+    score per weight; this turns the scores into masks with the counting
+    rules of the module docstring: ``round(amount * n)`` pruned per layer
+    (``scope="layer"``) or over all scored layers (``scope="global"``, with
+    a guard that keeps each layer's best weight or unit, since an emptied
+    layer cuts the network), and weights already masked on the model rank
+    lowest, so a larger ``amount`` prunes a superset. Structured: output
+    unit :math:`j` scores :math:`\lVert s_{j,:} \rVert_p` (the ``norm`` of
+    its row of scores; for a convolution, the whole filter), and the layers
+    that produce the model's output (:func:`~companion.masks.output_layers`)
+    are skipped even when scored. :func:`magnitude_masks` is this with
+    :math:`s = |w|`.
+
+    Args:
+        model: The network; its current masks decide what is already pruned.
+        scores: ``{layer name: tensor shaped like its weight}``; higher is more
+            important. Only the layers named here get masks.
+        amount: Total fraction to prune, in ``[0, 1]``.
+        scope: ``"layer"`` or ``"global"``.
+        structured: Prune whole output units (rows) instead of weights.
+        norm: The norm that turns a row of scores into a unit's score.
+        exclude: Layer names to leave completely unpruned.
+
+    Returns:
+        ``{layer name: mask}`` with masks shaped like the weights (1 keep, 0 prune).
+
+    Raises:
+        ValueError: If ``amount``, ``scope`` or ``norm`` is invalid, a score
+            names an unknown layer, has the wrong shape or is not finite,
+            ``exclude`` names an unknown layer, or no scored layer may be pruned.
+        TypeError: If ``model`` is not a module or ``scores`` not a dict of tensors.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 1))
+        >>> masks_from_scores(net, {"0": torch.tensor([[0.1, 3.0, 0.2, 2.0]])}, 0.5)["0"].tolist()
+        [[0.0, 1.0, 0.0, 1.0]]
+    """
+    check_in_range("amount", amount, 0.0, 1.0)
+    _check_scope(scope)
+    _check_norm(norm)
+    layers = _layers(model, structured, exclude)
+    checked = _check_scores(prunable_layers(model), scores)
+    chosen = {name: m for name, m in layers.items() if name in checked}
+    if not chosen:
+        raise ValueError(
+            f"scores cover no layer that may be pruned: scored {list(checked)}, prunable here "
+            f"{list(layers)}"
+        )
+    return _scored_masks(chosen, checked, amount, scope, structured, norm)
+
+
+def _scored_masks(
+    layers: dict[str, nn.Module],
+    weight_scores: dict[str, torch.Tensor],
+    amount: float,
+    scope: str,
+    structured: bool,
+    norm: float,
+) -> dict[str, torch.Tensor]:
+    unit_scores, shapes = _unit_scores(layers, structured, norm, lambda s: s, weight_scores)
+    return _mask_from_scores(unit_scores, amount, scope, shapes, structured)
 
 
 @torch.no_grad()
@@ -176,17 +298,21 @@ def magnitude_masks(
     scope: Scope = "layer",
     structured: bool = False,
     norm: float = 1,
+    exclude: Sequence[str] = (),
 ) -> dict[str, torch.Tensor]:
     r"""Masks that prune the ``amount`` fraction of weights (or neurons) of smallest magnitude.
 
     Unstructured: weight :math:`w` is ranked by :math:`|w|`. Structured:
     output neuron (row) :math:`j` of a layer is ranked by the norm of its
     incoming weights, :math:`\lVert W_{j,:} \rVert_p` with :math:`p` = ``norm``
-    (for a convolution, the whole filter), and the output layer is never
-    pruned structurally. With ``scope="layer"`` every layer loses the same
-    fraction; with ``scope="global"`` one ranking covers all layers, so layers
-    with many small weights lose more; a guard keeps each layer's
-    highest-ranked weight (neuron), because an emptied layer cuts the network.
+    (for a convolution, the whole filter), and the layers that produce the
+    model's output (:func:`~companion.masks.output_layers`, read from the
+    graph: their units are the classes) are never pruned structurally. With
+    ``scope="layer"`` every layer loses the same fraction; with
+    ``scope="global"`` one ranking covers all layers, so layers with many
+    small weights lose more; a guard keeps each layer's highest-ranked weight
+    (neuron), because an emptied layer cuts the network. This is
+    :func:`masks_from_scores` with the scores :math:`|w|`.
 
     On a fresh model the masks equal those of ``prune.l1_unstructured``,
     ``prune.global_unstructured`` (``L1Unstructured``) and
@@ -199,13 +325,18 @@ def magnitude_masks(
         scope: ``"layer"`` or ``"global"``.
         structured: Prune whole output neurons (rows) instead of weights.
         norm: The norm ranking rows when ``structured`` (1 or 2 usually).
+        exclude: Layer names to leave completely unpruned (also the way to
+            name the output layers of a model ``torch.fx`` cannot trace).
 
     Returns:
         ``{layer name: mask}`` with masks shaped like the weights (1 keep, 0 prune).
 
     Raises:
         ValueError: If ``amount`` is outside ``[0, 1]``, ``scope`` is unknown,
-            ``norm`` is not positive, or the model has no prunable layer.
+            ``norm`` is not positive, ``exclude`` names an unknown layer, the
+            model has no prunable layer (no hidden one when ``structured``),
+            or its output layers cannot be found (see
+            :func:`~companion.masks.output_layers`).
         TypeError: If ``model`` is not an ``nn.Module``.
 
     Example:
@@ -218,9 +349,10 @@ def magnitude_masks(
     check_in_range("amount", amount, 0.0, 1.0)
     _check_scope(scope)
     _check_norm(norm)
-    layers = _layers(model, structured)
-    scores, shapes = _unit_scores(layers, structured, norm, lambda s: s)
-    return _mask_from_scores(scores, amount, scope, shapes, structured)
+    layers = _layers(model, structured, exclude)
+    scores = {name: current_weight(m).abs() for name, m in layers.items()}
+    # masks_from_scores with these scores, without tracing the model a second time
+    return _scored_masks(layers, scores, amount, scope, structured, norm)
 
 
 @torch.no_grad()
@@ -231,13 +363,14 @@ def random_masks(
     scope: Scope = "layer",
     structured: bool = False,
     generator: torch.Generator | None = None,
+    exclude: Sequence[str] = (),
 ) -> dict[str, torch.Tensor]:
     """Masks that prune a random ``amount`` fraction of weights (or neurons).
 
     This is what the source article's algorithm text describes ("randomly
     delete part of the neurons and connections"); it is the baseline that a
-    pruning criterion must beat. Same counts, scopes, guard and composition
-    rules as :func:`magnitude_masks`.
+    pruning criterion must beat. Same counts, scopes, guard, protected output
+    layers and composition rules as :func:`magnitude_masks`.
 
     Args:
         model: The network.
@@ -245,6 +378,7 @@ def random_masks(
         scope: ``"layer"`` or ``"global"``.
         structured: Prune whole output neurons.
         generator: A CPU ``torch.Generator`` for reproducible masks.
+        exclude: Layer names to leave completely unpruned.
 
     Returns:
         ``{layer name: mask}``.
@@ -263,7 +397,7 @@ def random_masks(
     check_in_range("amount", amount, 0.0, 1.0)
     _check_scope(scope)
     _check_generator(generator)
-    layers = _layers(model, structured)
+    layers = _layers(model, structured, exclude)
 
     def random_score(s: torch.Tensor) -> torch.Tensor:
         return torch.rand(s.shape, generator=generator).to(s.device)
@@ -272,9 +406,32 @@ def random_masks(
     return _mask_from_scores(scores, amount, scope, shapes, structured)
 
 
-def structured_sparsity(model: nn.Module) -> float:
-    """Fraction of hidden neurons (rows of every layer but the last) whose weights are all zero."""
-    layers = _layers(model, structured=True)
+def structured_sparsity(model: nn.Module, *, exclude: Sequence[str] = ()) -> float:
+    """Fraction of hidden units whose weights are all zero.
+
+    The units counted are the rows (filters) of every prunable layer except
+    the output layers (:func:`~companion.masks.output_layers`) and ``exclude``:
+    exactly the units structured pruning may remove.
+
+    Args:
+        model: The network.
+        exclude: Layer names left out of the count, as in :func:`magnitude_masks`.
+
+    Returns:
+        The dead fraction, in ``[0, 1]``.
+
+    Raises:
+        ValueError: If the model has no hidden layer or ``exclude`` names an unknown layer.
+        TypeError: If ``model`` is not an ``nn.Module``.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight[:1].zero_()
+        >>> structured_sparsity(net)
+        0.25
+    """
+    layers = _layers(model, structured=True, exclude=exclude)
     dead = sum(int((current_weight(m).flatten(1).abs().sum(1) == 0).sum()) for m in layers.values())
     total = sum(m.weight.shape[0] for m in layers.values())
     return dead / total
@@ -301,6 +458,7 @@ def iterative_prune(
     reference: float | None = None,
     generator: torch.Generator | None = None,
     max_rounds: int = 100,
+    exclude: Sequence[str] = (),
 ) -> list[dict[str, object]]:
     """The source article's loop: prune a little more, evaluate, restore if accuracy fell too far.
 
@@ -319,6 +477,12 @@ def iterative_prune(
     * ``mode="hard"``: pruned weights are also erased from ``weight_orig``
       (gone for good), and the masks are made permanent at the end; with
       ``structured=True`` the result is ready for :func:`companion.surgery.shrink`.
+
+    With ``structured=True`` the masks are applied with
+    ``apply_masks(..., structured=True)``: a pruned neuron's bias (and the
+    BatchNorm after it) is masked too, so the neuron outputs exactly zero. The
+    output layers (:func:`~companion.masks.output_layers`) are never pruned
+    structurally.
 
     Args:
         model: The trained network, modified in place.
@@ -340,6 +504,7 @@ def iterative_prune(
             ``evaluate(model)`` before pruning).
         generator: Random-number generator for ``criterion="random"``.
         max_rounds: Safety limit on the number of rounds, >= 1.
+        exclude: Layer names to leave completely unpruned.
 
     Returns:
         A list with one dict per round, with keys ``round``, ``step``, ``amount`` (pruned fraction
@@ -382,19 +547,18 @@ def iterative_prune(
     check_positive_int("max_rounds", max_rounds)
     _check_generator(generator)
     _check_scope(scope)
-    layers = _layers(model, structured)
+    layers = _layers(model, structured, exclude)
     if reference is None:
         reference = float(evaluate(model))
-    # Give every layer a mask up front so that the state dict keeps one shape
-    # and a snapshot can be restored with load_state_dict.
+    # Give every layer a mask up front (and, when structured, its bias and BatchNorm) so that
+    # the state dict keeps one shape and a snapshot can be restored with load_state_dict.
+    existing = current_masks(model)
     apply_masks(
         model,
-        {
-            name: current_masks(model).get(name, torch.ones_like(m.weight))
-            for name, m in layers.items()
-        },
+        {name: existing.get(name, torch.ones_like(m.weight)) for name, m in layers.items()},
+        structured=structured,
     )
-    amount = structured_sparsity(model) if structured else sparsity(model)
+    amount = structured_sparsity(model, exclude=exclude) if structured else sparsity(model)
     history: list[dict[str, object]] = []
     for round_ in range(1, max_rounds + 1):
         if amount >= target:
@@ -404,17 +568,20 @@ def iterative_prune(
         optimizer_state = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
         if criterion == "magnitude":
             masks = magnitude_masks(
-                model, new_amount, scope=scope, structured=structured, norm=norm
+                model, new_amount, scope=scope, structured=structured, norm=norm, exclude=exclude
             )
         else:
             masks = random_masks(
-                model, new_amount, scope=scope, structured=structured, generator=generator
+                model,
+                new_amount,
+                scope=scope,
+                structured=structured,
+                generator=generator,
+                exclude=exclude,
             )
-        apply_masks(model, masks)
+        apply_masks(model, masks, structured=structured)
         if mode == "hard":
-            with torch.no_grad():
-                for name in masks:
-                    layers[name].weight_orig.mul_(layers[name].weight_mask)
+            erase_masked_(model)
         if finetune is not None:
             finetune(model)
         accuracy = float(evaluate(model))

@@ -50,7 +50,7 @@ from torch.utils.data import TensorDataset
 
 from .data import num_batches
 from .io import ModelFileError, atomic_write, read_archive
-from .masks import effective_weights, prunable_layers
+from .masks import effective_weights, output_layers, prunable_layers
 from .models import article_mlp, lenet_300_100
 from .penalties import l2_penalty, soft_threshold_
 from .pruning import (
@@ -103,13 +103,20 @@ class SoftPruner:
         model: The network; it must not carry ``torch.nn.utils.prune`` masks.
         amount: Fraction pruned at every epoch end, in ``[0, 1]``.
         scope: ``"layer"`` or ``"global"``, as in :func:`~companion.pruning.magnitude_masks`.
-        structured: Prune whole output neurons (the output layer is never pruned).
+        structured: Prune whole output neurons (the output layers, found from
+            the graph by :func:`~companion.masks.output_layers`, never are).
         norm: Row norm used when ``structured``.
+        exclude: Layer names to leave completely unpruned.
+
+    Only weights are zeroed at each epoch end, never a bias: a zeroed ReLU
+    neuron with a positive bias keeps receiving gradient and can grow back
+    (see :func:`zeroed_neuron_gradients`). :meth:`finalize` kills the
+    pruned units completely (bias and BatchNorm too) when ``structured``.
 
     Raises:
         ValueError: If ``amount``, ``scope`` or ``norm`` is invalid, the model
-            has no prunable layer (no hidden one when ``structured``), or it is
-            already masked.
+            has no prunable layer (no hidden one when ``structured``), it is
+            already masked, or ``exclude`` names an unknown layer.
         TypeError: If ``model`` is not an ``nn.Module``.
 
     Example:
@@ -129,18 +136,19 @@ class SoftPruner:
         scope: Scope = "layer",
         structured: bool = False,
         norm: float = 2,
+        exclude: Sequence[str] = (),
     ) -> None:
         check_in_range("amount", amount, 0.0, 1.0)
         _check_scope(scope)
         _check_norm(norm)
-        _layers(model, structured)
+        _layers(model, structured, exclude)
         if any(hasattr(m, "weight_mask") for m in model.modules()):
             raise ValueError(
                 "model already carries pruning masks; soft pruning needs plain weights "
                 "(call companion.pruning.make_permanent first, or start from a dense model)"
             )
         self.model, self.amount, self.scope = model, float(amount), scope
-        self.structured, self.norm = structured, norm
+        self.structured, self.norm, self.exclude = structured, norm, list(exclude)
         self.masks: dict[str, torch.Tensor] = {}
         self.history: dict[str, list] = {"epoch": [], "regrown": [], "pruned": []}
 
@@ -153,6 +161,7 @@ class SoftPruner:
             scope=self.scope,
             structured=self.structured,
             norm=self.norm,
+            exclude=self.exclude,
         )
         regrown = 0
         if self.masks:
@@ -170,6 +179,10 @@ class SoftPruner:
     def finalize(self) -> nn.Module:
         """End soft pruning: fix the last selection with masks and fold them in (hard step).
 
+        With ``structured=True`` the pruned units are killed completely
+        (``apply_masks(..., structured=True)``: their biases, and a BatchNorm
+        after them, become zero too), so they output exactly zero.
+
         Returns:
             The model, with the pruned weights exact zeros in plain ``weight``
             parameters; for structured pruning of an MLP, follow with
@@ -180,7 +193,7 @@ class SoftPruner:
         """
         if not self.masks:
             raise RuntimeError("finalize() needs at least one on_epoch_end() call first")
-        apply_masks(self.model, self.masks)
+        apply_masks(self.model, self.masks, structured=self.structured)
         return make_permanent(self.model)
 
 
@@ -244,7 +257,9 @@ class GradualPruner:
         start: First pruning step :math:`t_0`.
         every: Steps between mask updates :math:`\\Delta t` (>= 1).
         scope: ``"layer"`` or ``"global"``.
-        structured: Prune whole output neurons.
+        structured: Prune whole output neurons, killing each pruned one
+            completely (``apply_masks(..., structured=True)``: bias and
+            BatchNorm masked too).
         optimizer: The optimizer that trains ``model`` (pass the same instance
             to :func:`~companion.training.train` with ``optimizer=``). If
             given, every mask update also clears the optimizer's momentum at
@@ -253,10 +268,12 @@ class GradualPruner:
             moving that weight's stored value in ``weight_orig`` for a while
             (the effective weight stays zero, but the value a restore would
             bring back is no longer the value the weight had when pruned).
+        exclude: Layer names to leave completely unpruned.
 
     Raises:
-        ValueError: If an argument is outside its range, or the model has no
-            prunable layer (no hidden one when ``structured``).
+        ValueError: If an argument is outside its range, the model has no
+            prunable layer (no hidden one when ``structured``), or ``exclude``
+            names an unknown layer.
         TypeError: If ``model`` is not an ``nn.Module``, or ``optimizer`` is
             neither ``None`` nor a ``torch.optim.Optimizer``.
 
@@ -283,12 +300,13 @@ class GradualPruner:
         scope: Scope = "layer",
         structured: bool = False,
         optimizer: torch.optim.Optimizer | None = None,
+        exclude: Sequence[str] = (),
     ) -> None:
         # validates final, initial, start and duration with the schedule's own checks
         cubic_sparsity(start, final=final, initial=initial, start=start, duration=duration)
         check_positive_int("every", every)
         _check_scope(scope)
-        _layers(model, structured)
+        _layers(model, structured, exclude)
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
                 f"optimizer must be None or a torch.optim.Optimizer, got {type(optimizer).__name__}"
@@ -296,7 +314,7 @@ class GradualPruner:
         self.optimizer = optimizer
         self.model, self.final, self.initial = model, float(final), float(initial)
         self.start, self.duration, self.every = start, duration, every
-        self.scope, self.structured = scope, structured
+        self.scope, self.structured, self.exclude = scope, structured, list(exclude)
         self.history: dict[str, list] = {"step": [], "sparsity": []}
 
     def target(self, step: int) -> float:
@@ -318,8 +336,10 @@ class GradualPruner:
         if not (due or finishing):
             return
         amount = self.target(step)
-        masks = magnitude_masks(self.model, amount, scope=self.scope, structured=self.structured)
-        apply_masks(self.model, masks)
+        masks = magnitude_masks(
+            self.model, amount, scope=self.scope, structured=self.structured, exclude=self.exclude
+        )
+        apply_masks(self.model, masks, structured=self.structured)
         if self.optimizer is not None:
             clear_pruned_momentum_(self.model, self.optimizer)
         self.history["step"].append(step)
@@ -784,7 +804,9 @@ def prune_and_finetune(
         momentum: SGD momentum, in ``[0, 1)``.
         batch_size: Examples per step, >= 1.
         scope: ``"layer"`` (every layer loses ``amount``) or ``"global"``.
-        structured: Prune whole hidden neurons (by L2 norm of their rows).
+        structured: Prune whole hidden neurons (by L2 norm of their rows); the
+            one-shot and gradual masks then kill each pruned neuron completely
+            (bias masked too), the soft zeroing touches weights only.
         gradual_fraction: Share of the steps over which ``"gradual"`` raises
             the sparsity, in ``(0, 1]``.
         every: Steps between gradual mask updates, >= 1.
@@ -833,7 +855,7 @@ def prune_and_finetune(
     pruner: GradualPruner | SoftPruner | None = None
     if method == "one-shot":
         masks = magnitude_masks(net, amount, scope=scope, structured=structured, norm=2)
-        apply_masks(net, masks)
+        apply_masks(net, masks, structured=structured)
         history = train(net, dataset, progress=False, **budget)
     elif method == "gradual":
         steps = epochs * num_batches(dataset, batch_size)
@@ -882,7 +904,7 @@ def zeroed_neuron_gradients(
         targets: Their class indices.
 
     Returns:
-        ``{layer name: counts}`` for every prunable layer but the last, where
+        ``{layer name: counts}`` for every prunable layer but the output layers, where
         counts holds ``"zeroed"``, ``"positive_bias"`` and ``"with_gradient"``
         (numbers of zeroed neurons) and
         ``"gradient_exactly_where_bias_positive"`` (a bool).
@@ -901,7 +923,8 @@ def zeroed_neuron_gradients(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
         raise TypeError("inputs and targets must be tensors")
-    layers = list(prunable_layers(model).items())[:-1]
+    outputs = output_layers(model)
+    layers = [(name, m) for name, m in prunable_layers(model).items() if name not in outputs]
     model.zero_grad(set_to_none=True)
     F.cross_entropy(model(inputs), targets).backward()
     report: dict[str, dict[str, int | bool]] = {}

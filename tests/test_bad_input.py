@@ -1382,3 +1382,108 @@ def test_the_table_is_broad():
     ids = [case.id for case in CASES]
     assert len(ids) >= 45
     assert len(set(ids)) == len(ids)
+
+
+# --------------------------------------------------------------------------- output layers, exclude, scores
+
+
+class _Untraceable(nn.Module):
+    """torch.fx cannot trace it (control flow on a tensor value) and it declares no input shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head, self.body = nn.Linear(3, 2), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)
+        return self.head(h if h.sum() > 0 else -h)
+
+
+OUTPUT_LAYER_CASES = [
+    pytest.param(
+        lambda: pruning.magnitude_masks(mlp(), 0.5, structured=True, exclude=["fc9"]),
+        ValueError,
+        r"exclude names 'fc9', which is not a prunable layer",
+        id="magnitude-exclude-unknown",
+    ),
+    pytest.param(
+        lambda: pruning.random_masks(mlp(), 0.5, exclude="fc1"),
+        TypeError,
+        r"exclude must be a list of layer names",
+        id="random-exclude-str",
+    ),
+    pytest.param(
+        lambda: pruning.magnitude_masks(mlp(), 0.5, exclude=[1]),
+        TypeError,
+        r"exclude must hold layer names",
+        id="magnitude-exclude-int",
+    ),
+    pytest.param(
+        lambda: pruning.magnitude_masks(mlp(), 0.5, exclude=["fc1", "fc2"]),
+        ValueError,
+        r"exclude=\['fc1', 'fc2'\] leaves no layer to prune",
+        id="magnitude-exclude-everything",
+    ),
+    pytest.param(
+        lambda: pruning.magnitude_masks(_Untraceable(), 0.5, structured=True),
+        ValueError,
+        r"cannot find the output layers.*pass exclude=",
+        id="magnitude-structured-untraceable",
+    ),
+    pytest.param(
+        lambda: pruning.masks_from_scores(mlp(), {"fc1": torch.ones(4, 3)}, 0.5),
+        ValueError,
+        r"scores\['fc1'\] has shape \(4, 3\), but the weight of 'fc1' has shape \(3, 4\)",
+        id="scores-shape",
+    ),
+    pytest.param(
+        lambda: pruning.masks_from_scores(mlp(), {"fc1": torch.ones(3, 4)}, 1.5),
+        ValueError,
+        r"amount must be in \[0.0, 1.0\]",
+        id="scores-amount",
+    ),
+    pytest.param(
+        lambda: pruning.masks_from_scores(mlp(), torch.ones(3, 4), 0.5),
+        TypeError,
+        r"scores must be a dict",
+        id="scores-not-dict",
+    ),
+    pytest.param(
+        lambda: pruning.iterative_prune(
+            mlp(), lambda m: 1.0, step=0.5, target=0.5, tolerance=0.0, exclude=["fc3"]
+        ),
+        ValueError,
+        r"exclude names 'fc3'",
+        id="iterative-exclude-unknown",
+    ),
+    pytest.param(
+        lambda: soft.SoftPruner(mlp(), 0.5, structured=True, exclude=["fc1"]),
+        ValueError,
+        r"structured pruning needs a hidden layer",
+        id="soft-pruner-exclude-all-hidden",
+    ),
+    pytest.param(
+        lambda: penalties.group_soft_threshold_(mlp(), 0.1, exclude=["fc9"]),
+        ValueError,
+        r"exclude names 'fc9'",
+        id="group-threshold-exclude-unknown",
+    ),
+    pytest.param(
+        lambda: pruning.apply_masks(mlp(), {"fc1": torch.ones(3, 4)}, structured=1),
+        TypeError,
+        r"structured must be a bool",
+        id="apply-masks-structured-int",
+    ),
+    pytest.param(
+        lambda: cp.masks.output_layers(_Untraceable(), example_input=[[0.0] * 4]),
+        TypeError,
+        r"example_input must be a torch.Tensor",
+        id="output-layers-example-list",
+    ),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "message"), OUTPUT_LAYER_CASES)
+def test_output_layer_and_exclude_errors_name_the_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call()

@@ -147,5 +147,7 @@ def test_group_soft_threshold_rejects_bad_threshold(net, bad):
 
 
 def test_group_soft_threshold_needs_a_hidden_layer():
-    with pytest.raises(ValueError, match="at least two"):
+    with pytest.raises(ValueError, match="needs a hidden prunable"):
         group_soft_threshold_(nn.Linear(3, 2), 0.1)
+    with pytest.raises(ValueError, match="needs a hidden prunable"):
+        group_soft_threshold_(MLP((4, 3, 2)), 0.1, exclude=["fc1"])

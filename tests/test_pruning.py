@@ -228,3 +228,64 @@ def test_structured_iterative_prune_counts_neurons(net):
     )
     assert structured_sparsity(net) == pytest.approx(0.5)
     assert (net.fc1.weight.abs().sum(1) == 0).sum() == 10
+
+
+# --------------------------------------------------------------------------- masks from any scores
+from companion.pruning import masks_from_scores  # noqa: E402
+
+
+@pytest.mark.parametrize("structured", [False, True])
+@pytest.mark.parametrize("scope", ["layer", "global"])
+@pytest.mark.parametrize("norm", [1, 2])
+def test_magnitude_masks_are_masks_from_absolute_weights(net, structured, scope, norm):
+    apply_masks(net, magnitude_masks(net, 0.2))  # already-masked weights must rank lowest in both
+    scores = {
+        name: m.weight.detach().abs() for name, m in net.named_children() if name != "dropout"
+    }
+    for amount in (0.0, 0.3, 0.6, 1.0):
+        expected = magnitude_masks(net, amount, scope=scope, structured=structured, norm=norm)
+        got = masks_from_scores(net, scores, amount, scope=scope, structured=structured, norm=norm)
+        assert list(got) == list(expected)
+        assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_masks_from_scores_ranks_units_by_the_norm_of_their_scores():
+    net = MLP((3, 4, 2))
+    scores = {
+        "fc1": torch.tensor([[1.5, 1.5, 1.5], [3.0, 0.0, 0.0], [0.0, 0.0, 0.1], [2.0, 2.0, 2.0]])
+    }
+    l1 = masks_from_scores(net, scores, 0.5, structured=True, norm=1)["fc1"]
+    assert l1[:, 0].tolist() == [1.0, 0.0, 0.0, 1.0]  # row sums 4.5, 3, 0.1, 6
+    linf = masks_from_scores(net, scores, 0.5, structured=True, norm=float("inf"))["fc1"]
+    assert linf[:, 0].tolist() == [0.0, 1.0, 0.0, 1.0]  # row maxima 1.5, 3, 0.1, 2
+    assert list(masks_from_scores(net, scores, 0.5)) == ["fc1"]  # only scored layers get masks
+
+
+def test_masks_from_scores_accepts_negative_scores_and_keeps_masked_weights_pruned():
+    net = MLP((4, 2))
+    apply_masks(net, {"fc1": torch.tensor([[1.0, 1.0, 1.0, 0.0]] * 2)})
+    scores = {"fc1": torch.tensor([[-5.0, -1.0, -2.0, 9.0]] * 2)}
+    mask = masks_from_scores(net, scores, 0.5)["fc1"]
+    # the masked column ranks below every score, even a negative one; then the two -5 go
+    assert mask.tolist() == [[0.0, 1.0, 1.0, 0.0]] * 2
+
+
+@pytest.mark.parametrize(
+    ("scores", "error", "message"),
+    [
+        ([1.0], TypeError, r"scores must be a dict"),
+        ({"fc9": torch.ones(3, 4)}, ValueError, r"scores names 'fc9'"),
+        ({"fc1": torch.ones(4, 3)}, ValueError, r"scores\['fc1'\] has shape \(4, 3\)"),
+        ({"fc1": [1.0]}, TypeError, r"scores\['fc1'\] must be a tensor"),
+        ({"fc1": torch.full((3, 4), float("nan"))}, ValueError, r"must be finite"),
+    ],
+)
+def test_masks_from_scores_rejects_bad_scores(scores, error, message):
+    with pytest.raises(error, match=message):
+        masks_from_scores(MLP((4, 3, 2)), scores, 0.5)
+
+
+def test_masks_from_scores_needs_a_layer_it_may_prune():
+    net = MLP((4, 3, 2))
+    with pytest.raises(ValueError, match=r"scores cover no layer that may be pruned"):
+        masks_from_scores(net, {"fc2": torch.ones(2, 3)}, 0.5, structured=True)
