@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
 
 from companion.models import MLP
 from companion.training import evaluate, predict, train
@@ -279,3 +279,25 @@ def test_regression_through_loss_fn_reports_no_accuracy(width):
     # The same numbers through a DataLoader (batch means weighted by batch size).
     loaded = evaluate(model, DataLoader(data, batch_size=30), loss_fn=mse)
     assert loaded["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_an_iterable_dataset_streams_in_its_own_order(toy_data):
+    """A stream without a length: batched in the order it yields, never shuffled."""
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(zip(*toy_data.tensors, strict=True))
+
+    seen = []
+
+    def loss_fn(logits, batch):
+        seen.append(batch[1].clone())
+        return F.cross_entropy(logits, batch[1])
+
+    train(MLP((8, 2)), Stream(), epochs=2, batch_size=100, loss_fn=loss_fn, progress=False)
+    assert [len(t) for t in seen] == [100, 100, 56] * 2
+    assert torch.equal(torch.cat(seen[:3]), toy_data.tensors[1])
+    assert torch.equal(torch.cat(seen[3:]), toy_data.tensors[1])
+    nan_stream = DataLoader(TensorDataset(torch.full((4, 8), float("nan")), torch.zeros(4).long()))
+    with pytest.raises(FloatingPointError, match=r"step 1 of 4"):
+        train(MLP((8, 2)), nan_stream, epochs=1, progress=False)
