@@ -182,10 +182,6 @@ def _flat_tensors(value: object) -> list[torch.Tensor]:
 
 def _example_batch(model: nn.Module, example_input: torch.Tensor | None) -> torch.Tensor | None:
     if example_input is not None:
-        if not isinstance(example_input, torch.Tensor):
-            raise TypeError(
-                f"example_input must be a torch.Tensor batch or None, got {type(example_input).__name__}"
-            )
         return example_input
     shape = getattr(model, "example_input_shape", None)
     if shape is None:
@@ -313,6 +309,10 @@ def output_layers(
         ['classifier']
     """
     _check_model(model)
+    if example_input is not None and not isinstance(example_input, torch.Tensor):
+        raise TypeError(
+            f"example_input must be a torch.Tensor batch or None, got {type(example_input).__name__}"
+        )
     layers = prunable_layers(model)
     excluded = _check_exclude(layers, exclude)
     graph, fx_reason = (None, "") if "" in layers else _fx_graph(model)
@@ -614,9 +614,11 @@ def erase_masked_(model: nn.Module) -> nn.Module:
 
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 1))
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.copy_(torch.tensor([[2.0, 3.0]]))
         >>> _ = apply_masks(net, {"0": torch.tensor([[1.0, 0.0]])})
-        >>> float(erase_masked_(net)[0].weight_orig.detach()[0, 1])
-        0.0
+        >>> erase_masked_(net)[0].weight_orig.tolist()
+        [[2.0, 0.0]]
     """
     for module in model.modules():
         for param_name, param in list(module.named_parameters(recurse=False)):

@@ -360,16 +360,18 @@ def clear_pruned_momentum_(model: nn.Module, optimizer: torch.optim.Optimizer) -
     :math:`w_{orig} \leftarrow w_{orig} - \eta b`, so a buffer :math:`b`
     built before the mask keeps moving :math:`w_{orig}` where :math:`m = 0`
     (by :math:`\eta\mu b/(1-\mu)` in total). This multiplies SGD's
-    ``momentum_buffer`` and Adam's ``exp_avg`` of each ``weight_orig`` by its
-    mask (Adam's ``exp_avg_sq`` only scales steps and is left alone).
+    ``momentum_buffer`` and Adam's ``exp_avg`` of each masked tensor's
+    ``*_orig`` by its mask: every ``weight_orig``, and the biases and
+    BatchNorm parameters that ``apply_masks(..., structured=True)`` masks
+    (Adam's ``exp_avg_sq`` only scales steps and is left alone).
 
     Args:
         model: A model pruned with masks (``weight_orig``/``weight_mask``);
-            unmasked layers are skipped.
+            unmasked tensors are skipped.
         optimizer: The optimizer training ``model``'s parameters.
 
     Returns:
-        The number of weight tensors whose momentum was cleared.
+        The number of masked tensors whose momentum was cleared.
 
     Raises:
         TypeError: If ``model`` is not an ``nn.Module`` or ``optimizer`` is not
@@ -393,18 +395,18 @@ def clear_pruned_momentum_(model: nn.Module, optimizer: torch.optim.Optimizer) -
             f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
         )
     cleared = 0
-    for module in prunable_layers(model).values():
-        mask = getattr(module, "weight_mask", None)
-        orig = getattr(module, "weight_orig", None)
-        if mask is None or orig is None or orig not in optimizer.state:
-            continue
-        touched = False
-        for key in _MOMENTUM_KEYS:
-            buffer = optimizer.state[orig].get(key)
-            if isinstance(buffer, torch.Tensor) and buffer.shape == mask.shape:
-                buffer.mul_(mask)
-                touched = True
-        cleared += touched
+    for module in model.modules():
+        for name, orig in module.named_parameters(recurse=False):
+            mask = getattr(module, f"{name[: -len('_orig')]}_mask", None)
+            if not name.endswith("_orig") or mask is None or orig not in optimizer.state:
+                continue
+            touched = False
+            for key in _MOMENTUM_KEYS:
+                buffer = optimizer.state[orig].get(key)
+                if isinstance(buffer, torch.Tensor) and buffer.shape == mask.shape:
+                    buffer.mul_(mask)
+                    touched = True
+            cleared += touched
     return cleared
 
 

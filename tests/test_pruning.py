@@ -289,3 +289,21 @@ def test_masks_from_scores_needs_a_layer_it_may_prune():
     net = MLP((4, 3, 2))
     with pytest.raises(ValueError, match=r"scores cover no layer that may be pruned"):
         masks_from_scores(net, {"fc2": torch.ones(2, 3)}, 0.5, structured=True)
+
+
+def test_saliency_scores_feed_masks_from_scores(net):
+    from torch.utils.data import TensorDataset
+
+    from companion.saliency import saliency_scores
+
+    magnitude = saliency_scores(net, None, "magnitude")
+    for structured in (False, True):
+        expected = magnitude_masks(net, 0.5, structured=structured)
+        got = masks_from_scores(net, magnitude, 0.5, structured=structured)
+        assert all(torch.equal(got[k], expected[k]) for k in expected) and list(got) == list(
+            expected
+        )
+    data = TensorDataset(torch.randn(16, 30), torch.randint(0, 4, (16,)))
+    masks = masks_from_scores(net, saliency_scores(net, data, "taylor"), 0.5, scope="global")
+    total = sum(m.numel() for m in masks.values())
+    assert sum(_zeros(m) for m in masks.values()) == round(0.5 * total)

@@ -244,3 +244,24 @@ def test_gradual_pruner_rejects_a_non_optimizer():
         GradualPruner(MLP((4, 4, 2)), final=0.5, duration=2, optimizer="sgd")
     with pytest.raises(TypeError, match="optimizer"):
         clear_pruned_momentum_(MLP((4, 4, 2)), "sgd")
+
+
+def test_structured_gradual_pruning_clears_the_momentum_of_masked_biases():
+    torch.manual_seed(0)
+    net = MLP((6, 8, 3))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    optimizer.step()  # every bias now has a momentum buffer
+    pruner = GradualPruner(net, final=0.5, duration=1, structured=True, optimizer=optimizer)
+    pruner.on_step(1)
+    dead = net.fc1.weight_mask.sum(1) == 0
+    assert int(dead.sum()) == 4
+    assert torch.equal(net.fc1.bias_mask, (~dead).float())
+    buffer = optimizer.state[net.fc1.bias_orig]["momentum_buffer"]
+    assert float(buffer[dead].abs().sum()) == 0.0 and float(buffer[~dead].abs().sum()) > 0
+    before = net.fc1.bias_orig.detach().clone()
+    optimizer.zero_grad()
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    optimizer.step()
+    assert torch.equal(net.fc1.bias_orig.detach()[dead], before[dead])  # nothing moves them
