@@ -27,6 +27,8 @@ _SUBMODULES = (
     "distillation",
     "experiments",
     "io",
+    "kernels",
+    "lottery",
     "masks",
     "metrics",
     "models",
