@@ -166,6 +166,10 @@ def _fx_output_layers(graph: fx.Graph, layers: dict[str, nn.Module]) -> set[str]
         if node.op == "call_module" and node.target in layers:
             found.add(str(node.target))
             continue
+        if node.op == "call_module":
+            # A torch.nn building block traced as one node (nn.TransformerEncoderLayer): which
+            # of its layers feeds its output is not visible, so all of them are protected.
+            found.update(name for name in layers if name.startswith(f"{node.target}."))
         stack.extend(node.all_input_nodes)
     return found
 
@@ -275,7 +279,10 @@ def output_layers(
     prunable layer (activations, pooling, flatten, dropout, additions) to the
     layers met first; definition order plays no part, so a ``classifier``
     defined before the encoder is found, and so is a final ``Conv2d`` whose
-    channels are the classes (SqueezeNet). A model that ``torch.fx`` cannot
+    channels are the classes (SqueezeNet). A ``torch.nn`` building block that
+    the trace keeps as one node (``nn.TransformerEncoderLayer``) hides which
+    of its layers feeds the output, so all its prunable layers count as
+    output layers when the output passes through it. A model that ``torch.fx`` cannot
     trace (data-dependent Python control flow) is run once on
     ``example_input`` (or on a random batch of the model's
     ``example_input_shape``), in eval mode and with its training flags

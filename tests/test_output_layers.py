@@ -387,3 +387,17 @@ def test_masks_from_scores_protects_output_layers_when_structured():
     masks = masks_from_scores(net, scores, 0.5, structured=True)
     assert "classifier" not in masks and sorted(masks) == ["encoder.0", "encoder.2"]
     assert "classifier" in masks_from_scores(net, scores, 0.5)
+
+
+def test_layers_inside_an_opaque_torch_block_at_the_output_are_protected():
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(4, 8)
+            self.block = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+
+        def forward(self, x):
+            return self.block(self.embed(x))
+
+    # the block is one fx node; the embedding reaches the output through its residual too
+    assert output_layers(Encoder()) == ["embed", "block.linear1", "block.linear2"]
