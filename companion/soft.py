@@ -110,7 +110,7 @@ class SoftPruner:
 
     Only weights are zeroed at each epoch end, never a bias: a zeroed ReLU
     neuron with a positive bias keeps receiving gradient and can grow back
-    (see :func:`zeroed_neuron_gradients`). :meth:`finalize` kills the
+    (see :func:`zeroed_neuron_gradients`). :meth:`SoftPruner.finalize` kills the
     pruned units completely (bias and BatchNorm too) when ``structured``.
 
     Raises:
