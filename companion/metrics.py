@@ -20,6 +20,7 @@ from .masks import _check_model, current_weight, effective_weights
 
 __all__ = [
     "count_parameters",
+    "has_quantized_weights",
     "count_nonzero",
     "weight_stats",
     "sparsity",
@@ -29,43 +30,51 @@ __all__ = [
 ]
 
 
-def _packed_tensors(module: nn.Module) -> list[torch.Tensor]:
-    """Weight and bias of a dynamically quantised layer, which stores them packed, not as parameters."""
-    if not hasattr(module, "_packed_params") or not callable(getattr(module, "weight", None)):
-        return []
-    tensors = [module.weight().dequantize()]
-    bias = module.bias() if callable(getattr(module, "bias", None)) else None
-    if bias is not None:
-        tensors.append(bias.detach())
-    return tensors
+def _is_quantized(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a quantised tensor subclass (torchao's int8 weights) rather than floats."""
+    return type(tensor) not in (torch.Tensor, nn.Parameter) and hasattr(tensor, "dequantize")
+
+
+def _values(tensor: torch.Tensor) -> torch.Tensor:
+    """The values a tensor stands for: a quantised weight dequantised, any other tensor as it is."""
+    return tensor.dequantize().detach() if _is_quantized(tensor) else tensor.detach()
+
+
+def has_quantized_weights(model: nn.Module) -> bool:
+    """Whether any parameter of ``model`` is a quantised tensor (e.g. torchao's ``Int8Tensor``).
+
+    Example:
+        >>> has_quantized_weights(nn.Linear(3, 2))
+        False
+    """
+    _check_model(model)
+    return any(_is_quantized(p) for p in model.parameters())
 
 
 def count_parameters(model: nn.Module) -> int:
     """Number of weight and bias values the model holds (masks are buffers, not counted).
 
     A pruned-but-not-shrunk model has as many parameters as the dense one;
-    use :func:`count_nonzero` for the weights that survive. The packed int8
-    weights of dynamically quantised layers are counted too.
+    use :func:`count_nonzero` for the weights that survive. A quantised weight
+    (torchao's int8 tensors) counts as many values as the float weight it replaces.
 
     Example:
         >>> count_parameters(nn.Linear(3, 2))
         8
     """
     _check_model(model)
-    packed = sum(t.numel() for m in model.modules() for t in _packed_tensors(m))
-    return sum(p.numel() for p in model.parameters()) + packed
+    return sum(p.numel() for p in model.parameters())
 
 
 def _effective_tensors(model: nn.Module) -> list[torch.Tensor]:
     """Every parameter as the forward pass sees it (masked where masked)."""
     tensors = []
     for module in model.modules():
-        tensors.extend(_packed_tensors(module))
         for name, param in module.named_parameters(recurse=False):
             if name.endswith("_orig") and hasattr(module, name[: -len("_orig")]):
                 tensors.append(current_weight(module, name[: -len("_orig")]))
             else:
-                tensors.append(param.detach())
+                tensors.append(_values(param))
     return tensors
 
 

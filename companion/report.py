@@ -18,7 +18,13 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .metrics import _packed_tensors, compressed_bytes, count_nonzero, count_parameters, model_bytes
+from .metrics import (
+    compressed_bytes,
+    count_nonzero,
+    count_parameters,
+    has_quantized_weights,
+    model_bytes,
+)
 from .speed import flops, latencies
 from .table import Table
 from .training import evaluate
@@ -131,7 +137,7 @@ def compare_models(
         row["zlib_bytes"] = compressed_bytes(model)
         counted = flops(model, input_shape, batch_size, example_input=example_input)
         # FlopCounterMode counts floating-point kernels only; int8 layers would read as 0.
-        quantized = any(_packed_tensors(m) for m in model.modules())
+        quantized = has_quantized_weights(model)
         row["MFLOPs"] = None if quantized and counted == 0 else counted / 1e6
         rows.append(row)
     if measure_latency:
