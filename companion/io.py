@@ -220,6 +220,9 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
             "masked": sorted(
                 name for name, module in model.named_modules() if hasattr(module, "weight_mask")
             ),
+            # Every masked parameter, biases too (structured pruning masks a dead unit's bias);
+            # "masked" above stays for older companions, which know weight masks only.
+            "masked_parameters": _masked_parameters(model),
             "state_dict": _cpu_state(model),
         }
     else:
@@ -411,17 +414,13 @@ def load(
             f"and cannot be rebuilt from the file; build one and pass it: "
             f"load(path, model={short}(...))"
         )
-    from .masks import apply_masks
-
     rebuilt = _build(arch)
-    masks = {name: state[f"{name}.weight_mask"] for name in payload["masked"]}
-    # Re-create the re-parametrisation first, so that weight_orig and weight_mask have a home.
-    apply_masks(rebuilt, masks)
     try:
-        rebuilt.load_state_dict(state, strict=True)
-    except RuntimeError as error:
+        # The same restore as for an instance: every masked parameter (weights, and biases of
+        # structurally pruned units) is re-parametrised first, then every tensor is loaded.
+        _restore_into(
+            rebuilt, state, _file_masked_parameters(payload), f"{path} ({arch.get('class')})"
+        )
+    except (RuntimeError, ValueError) as error:
         raise ModelFileError(f"{path} does not match its own architecture: {error}") from error
-    # load_state_dict fills weight_orig and weight_mask but not the computed ``weight``;
-    # applying the masks again recomputes it from the loaded values.
-    apply_masks(rebuilt, masks)
     return rebuilt.to(device or "cpu").eval()

@@ -238,3 +238,21 @@ def test_loading_over_other_masks_gives_the_file_masks(tmp_path):
     _equal_state(model, target)
     example = torch.randn(3, 1, 6, 6)
     assert torch.equal(target(example), model(example))
+
+
+def test_a_structurally_pruned_book_model_round_trips_with_its_bias_masks(tmp_path):
+    """Structured masks also mask the dead units' biases (bias_orig, bias_mask): they come back."""
+    from companion.masks import apply_masks, current_weight
+    from companion.models import MLP
+    from companion.pruning import magnitude_masks
+
+    torch.manual_seed(0)
+    model = MLP((6, 5, 3))
+    apply_masks(model, magnitude_masks(model, 0.4, structured=True), structured=True)
+    assert hasattr(model.fc1, "bias_mask")
+    path = io.save(model, tmp_path / "structured.pt")
+    loaded = io.load(path)
+    assert set(loaded.state_dict()) == set(model.state_dict())
+    assert torch.equal(current_weight(loaded.fc1, "bias"), current_weight(model.fc1, "bias"))
+    x = torch.rand(4, 6)
+    assert torch.equal(loaded(x), model.eval()(x))
