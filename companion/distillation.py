@@ -26,9 +26,11 @@ classes as well; the KL divergence per example is ``reduction="batchmean"``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +65,14 @@ __all__ = [
     "train_teachers",
     "scarce_label_arms",
     "omitted_class",
+    "FeatureLoss",
+    "capture_features",
+    "make_regressor",
+    "hint_loss",
+    "cosine_feature_loss",
+    "mixture_probs",
+    "fit_one_mode",
+    "OneModeFit",
 ]
 
 
@@ -244,9 +254,10 @@ def distill(
     teacher_logits: torch.Tensor | None = None,
     labels: bool = True,
     teacher_output: Callable[[Any], torch.Tensor] | None = None,
+    features: Sequence[FeatureLoss] | None = None,
     **train_kwargs: Any,
 ) -> History:
-    """Train ``student`` to imitate ``teacher`` on ``dataset`` with :func:`kd_loss`.
+    r"""Train ``student`` to imitate ``teacher`` on ``dataset`` with :func:`kd_loss`.
 
     This is :func:`companion.training.train` with the distillation loss, so it
     has the same optimizer options, progress bar, history and NaN guard, and
@@ -272,6 +283,31 @@ def distill(
     The history's ``train_accuracy`` then measures agreement with the
     teacher's predictions.
 
+    With ``features`` (a list of :class:`FeatureLoss` terms) the student also
+    imitates the teacher's hidden layers: the loss of every step is
+
+    .. math:: L = L_\mathrm{KD} + \sum_j w_j\,L_j
+
+    with :math:`L_\mathrm{KD}` the :func:`kd_loss` above and :math:`L_j` the
+    hint or cosine loss of term :math:`j`, of weight :math:`w_j`. Forward
+    hooks (:func:`capture_features`) on the named layers read both models'
+    outputs during the call and are removed afterwards, also on an error.
+    Cached logits cannot provide the teacher's hidden layers, so with
+    ``features`` the teacher runs on every batch whatever ``cache_teacher``
+    says, and ``teacher_logits`` is an error. A hint's regressor is created
+    from the first batch's shapes (:func:`make_regressor`, seeded with
+    ``seed``) unless the term has one, and its parameters join the optimizer
+    as a new parameter group (``Optimizer.add_param_group``, with the
+    optimizer's defaults: the same learning rate, momentum and weight decay as
+    the student; a schedule that sets the rate of every group, such as
+    :func:`cosine_sgd`'s, covers them). An ``optimizer=`` instance is grown the
+    same way; a name (``"sgd"``, ``"adam"``) is built here exactly as
+    :func:`companion.training.train` would build it. The history gets, besides
+    the total ``"loss"``, one key per term: ``"loss_kd"`` and
+    ``"loss_<name>"`` (``"loss_hint"``, ``"loss_cosine"``), each the mean of
+    the unweighted term over the epoch's examples, so
+    ``loss = loss_kd + sum(w_j * loss_j)`` (plus any ``penalty``).
+
     Args:
         student: The network being trained (in place).
         teacher: The trained network to imitate, on the student's device;
@@ -290,6 +326,8 @@ def distill(
         teacher_output: ``teacher_output(teacher_output_value)`` picks the
             logits from a teacher that returns a tuple or a dict (the
             student's counterpart is ``output``, passed on to ``train``).
+        features: :class:`FeatureLoss` terms (or one term); ``None`` or empty
+            for logit distillation alone, exactly as before.
         **train_kwargs: Passed to :func:`companion.training.train` (``lr``,
             ``batch_size``, ``momentum``, ``optimizer``, ``seed``,
             ``eval_set``, ``on_step``, ``output``, ``progress``, ...).
@@ -305,12 +343,15 @@ def distill(
             with a data set other than a ``TensorDataset``, or
             ``cache_teacher=False`` is combined with ``teacher_logits``, the
             teacher is on another device than the student (whatever
-            :func:`companion.training.train` rejects too).
+            :func:`companion.training.train` rejects too), or ``features``
+            are combined with ``teacher_logits``, name a layer one of the
+            models lacks (the message lists its layers) or repeat a name.
         TypeError: If ``teacher`` is not an ``nn.Module`` (or ``None`` with
             ``teacher_logits``), ``teacher_logits`` is not a tensor, ``labels``
             is not a bool, ``teacher_output`` is not callable, the teacher's
             output is not a tensor, or the targets are not integer class
-            indices.
+            indices, or ``features`` does not hold :class:`FeatureLoss` terms.
+        RuntimeError: If a named layer does not run in a model's forward pass.
 
     Example:
         >>> from companion.models import MLP
@@ -325,6 +366,11 @@ def distill(
         >>> h = distill(MLP((4, 3)), MLP((4, 3)), loader, epochs=1, progress=False)
         >>> len(h["loss"])
         1
+        >>> hint = FeatureLoss("fc1", "fc1", weight=0.1)  # first layer of each
+        >>> h = distill(MLP((4, 8, 3)), MLP((4, 16, 3)), loader, epochs=1, features=[hint],
+        ...             progress=False)
+        >>> [key for key in h if key.startswith("loss")], hint.regressor
+        (['loss', 'loss_kd', 'loss_hint'], Linear(in_features=8, out_features=16, bias=True))
     """
     _check_temperature(temperature)
     check_in_range("alpha", alpha, 0.0, 1.0)
@@ -340,7 +386,26 @@ def distill(
         raise ValueError(
             "distill sets loss_fn itself; call companion.training.train for a custom loss"
         )
+    terms = () if features is None else _check_features(features)
     _check_source(dataset, need_targets=labels, integer=labels)
+    if terms:
+        if teacher_logits is not None:
+            raise ValueError(
+                "teacher_logits cannot be combined with features: cached logits hold no hidden "
+                "layers, so with features the teacher runs on every batch; pass the teacher"
+            )
+        return _distill_with_features(
+            student,
+            teacher,
+            dataset,
+            epochs,
+            temperature,
+            alpha,
+            labels,
+            teacher_output,
+            terms,
+            train_kwargs,
+        )
     if not isinstance(dataset, TensorDataset):
         if teacher_logits is not None:
             raise ValueError(
@@ -465,6 +530,546 @@ def _distill_batchwise(
         return train(student, data, epochs=epochs, loss_fn=loss_fn, **train_kwargs)
     finally:
         teacher.train(was_training)
+
+
+# --------------------------------------------------------------------------- feature distillation
+
+#: The kinds of :class:`FeatureLoss`: a hint through a learned regressor, or a cosine loss.
+FEATURE_KINDS = ("hint", "cosine")
+
+
+def _check_feature_pair(student_feature: object, teacher_feature: object) -> None:
+    for label, value in (
+        ("student_feature", student_feature),
+        ("teacher_feature", teacher_feature),
+    ):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{label} must be a torch.Tensor, got {type(value).__name__}")
+        if value.dim() < 2:
+            raise ValueError(
+                f"{label} must have shape [batch, ...] with at least one feature dimension, "
+                f"got {tuple(value.shape)}"
+            )
+    if student_feature.shape[0] != teacher_feature.shape[0]:
+        raise ValueError(
+            f"student_feature and teacher_feature must have the same batch size, got "
+            f"{student_feature.shape[0]} and {teacher_feature.shape[0]}"
+        )
+
+
+def _init_like_torch(module: nn.Module, generator: torch.Generator) -> None:
+    """PyTorch's default initialisation of a Linear or Conv layer, drawn from ``generator``."""
+    weight = module.weight
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+    if module.bias is not None:
+        fan_in = weight[0].numel()
+        bound = 1 / math.sqrt(fan_in)
+        nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+
+
+def make_regressor(
+    student_feature: torch.Tensor, teacher_feature: torch.Tensor, *, seed: int = 0
+) -> nn.Module:
+    """The FitNets regressor that maps a student feature onto the teacher feature's shape.
+
+    A :class:`torch.nn.Linear` on the last dimension for ``[batch, d]`` (and
+    ``[batch, tokens, d]``) features, a 1x1 :class:`torch.nn.Conv2d` for
+    ``[batch, channels, height, width]`` feature maps of the same spatial size
+    (Romero et al. 2015 use a convolutional regressor to keep its parameter
+    count small). Its initialisation is PyTorch's default, drawn from a
+    generator seeded with ``seed``, so creating it leaves the global random
+    state (dropout, data order) alone. It is created on the CPU and moved to
+    the student feature's device and dtype.
+
+    Args:
+        student_feature: A batch of the student layer's outputs.
+        teacher_feature: A batch of the teacher layer's outputs, same batch size.
+        seed: Logical seed of the initialisation (see
+            :func:`companion.utils.make_generator`).
+
+    Returns:
+        The regressor, a new module in train mode.
+
+    Raises:
+        TypeError: If a feature is not a tensor.
+        ValueError: If the batch sizes differ, or the shapes allow no such
+            regressor (other ranks, or feature maps of different spatial sizes:
+            then build your own and pass it as ``FeatureLoss(regressor=...)``).
+
+    Example:
+        >>> make_regressor(torch.zeros(4, 30), torch.zeros(4, 100))
+        Linear(in_features=30, out_features=100, bias=True)
+        >>> make_regressor(torch.zeros(2, 8, 7, 7), torch.zeros(2, 16, 7, 7))
+        Conv2d(8, 16, kernel_size=(1, 1), stride=(1, 1))
+    """
+    from .utils import make_generator
+
+    _check_feature_pair(student_feature, teacher_feature)
+    s, t = tuple(student_feature.shape), tuple(teacher_feature.shape)
+    if len(s) in (2, 3) and len(s) == len(t) and s[:-1] == t[:-1]:
+        regressor: nn.Module = torch.nn.utils.skip_init(nn.Linear, s[-1], t[-1])
+    elif len(s) == 4 and len(t) == 4 and s[2:] == t[2:]:
+        regressor = torch.nn.utils.skip_init(nn.Conv2d, s[1], t[1], kernel_size=1)
+    else:
+        raise ValueError(
+            f"no regressor maps a student feature of shape {s} onto a teacher feature of shape "
+            f"{t}: a Linear needs [batch, d] or [batch, tokens, d] features with equal leading "
+            "sizes, a 1x1 Conv2d needs [batch, channels, height, width] maps of the same "
+            "height and width; pass your own module as FeatureLoss(regressor=...)"
+        )
+    with torch.no_grad():
+        _init_like_torch(regressor, make_generator(seed))
+    return regressor.to(device=student_feature.device, dtype=student_feature.dtype)
+
+
+def hint_loss(
+    student_feature: torch.Tensor, teacher_feature: torch.Tensor, regressor: nn.Module
+) -> torch.Tensor:
+    r"""The FitNets hint loss: the mean squared error between the regressed student and the teacher.
+
+    .. math::
+
+        L_\mathrm{hint} = \frac{1}{N} \sum_{i=1}^{N} \big(r(s)_i - t_i\big)^2
+
+    over the :math:`N` elements of the teacher feature :math:`t` (batch times
+    features), where :math:`r` is the learned ``regressor`` applied to the
+    student feature :math:`s`. Romero et al. (2015, eq. 3) write
+    :math:`\tfrac12 \lVert t - r(s) \rVert^2`; the mean differs from it by a
+    constant factor, which the term's weight absorbs, and does not grow with
+    the batch or the layer's size. The teacher feature is a constant.
+
+    Args:
+        student_feature: ``[batch, ...]``, with gradient.
+        teacher_feature: ``[batch, ...]``; detached.
+        regressor: Maps ``student_feature`` to ``teacher_feature``'s shape
+            (see :func:`make_regressor`).
+
+    Returns:
+        A scalar tensor.
+
+    Raises:
+        TypeError: If a feature is not a tensor or ``regressor`` is not callable.
+        ValueError: If the batch sizes differ or the regressor's output does
+            not have the teacher feature's shape.
+
+    Example:
+        >>> identity = torch.nn.Identity()
+        >>> hint_loss(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 4.0]]), identity).item()
+        2.0
+    """
+    _check_feature_pair(student_feature, teacher_feature)
+    if not callable(regressor):
+        raise TypeError(f"regressor must be a torch.nn.Module, got {type(regressor).__name__}")
+    regressed = regressor(student_feature)
+    if not isinstance(regressed, torch.Tensor) or regressed.shape != teacher_feature.shape:
+        shape = tuple(regressed.shape) if isinstance(regressed, torch.Tensor) else regressed
+        raise ValueError(
+            f"the regressor must map the student feature {tuple(student_feature.shape)} to the "
+            f"teacher feature's shape {tuple(teacher_feature.shape)}, got {shape}"
+        )
+    return F.mse_loss(regressed, teacher_feature.detach())
+
+
+def cosine_feature_loss(
+    student_feature: torch.Tensor, teacher_feature: torch.Tensor
+) -> torch.Tensor:
+    r"""One minus the cosine similarity of the flattened features, averaged over the batch.
+
+    .. math::
+
+        L_\mathrm{cos} = \frac{1}{B} \sum_{b=1}^{B}
+            \Big(1 - \frac{\langle s_b, t_b \rangle}{\lVert s_b \rVert\,\lVert t_b \rVert}\Big)
+
+    This is ``nn.CosineEmbeddingLoss`` with target 1, the hidden-state loss
+    of PyTorch's knowledge-distillation tutorial. It ignores the features'
+    scale, so it needs no regressor when the two layers have the same number
+    of features per example (after flattening). The teacher feature is a
+    constant.
+
+    Args:
+        student_feature: ``[batch, ...]``, with gradient.
+        teacher_feature: ``[batch, ...]`` with as many elements per example; detached.
+
+    Returns:
+        A scalar tensor in ``[0, 2]``.
+
+    Raises:
+        TypeError: If a feature is not a tensor.
+        ValueError: If the batch sizes or the numbers of features per example differ.
+
+    Example:
+        >>> s = torch.tensor([[1.0, 0.0], [2.0, 2.0]])
+        >>> cosine_feature_loss(s, torch.tensor([[0.0, 3.0], [1.0, 1.0]])).item()
+        0.5
+    """
+    _check_feature_pair(student_feature, teacher_feature)
+    s, t = student_feature.flatten(1), teacher_feature.detach().flatten(1)
+    if s.shape[1] != t.shape[1]:
+        raise ValueError(
+            f"the cosine loss compares features of the same size, got {s.shape[1]} student and "
+            f"{t.shape[1]} teacher features per example; use kind='hint' (a learned regressor) "
+            "or pass FeatureLoss(regressor=...)"
+        )
+    return (1 - F.cosine_similarity(s, t, dim=1)).mean()
+
+
+class FeatureLoss(nn.Module):
+    """One feature-distillation term of :func:`distill`: a student layer imitates a teacher layer.
+
+    ``kind="hint"`` is the hint of FitNets (Romero et al. 2015): the student
+    layer's output passes through a learned ``regressor`` and is compared with
+    the teacher layer's output by :func:`hint_loss` (mean squared error).
+    ``kind="cosine"`` is :func:`cosine_feature_loss`, the hidden-state loss of
+    PyTorch's distillation tutorial; it uses a regressor only when one is given.
+
+    Layers are named as in ``model.named_modules()`` (``"fc1"``,
+    ``"features.3"``); :func:`distill` reads their outputs with forward hooks
+    (:func:`capture_features`). A layer called more than once per forward
+    pass contributes its last output.
+
+    The regressor of a hint is created by :meth:`build` from the shapes of
+    the first batch (see :func:`make_regressor`) unless one is given, and is
+    kept: after :func:`distill` it is trained, and a second call continues
+    from it. It belongs to this object, not to the student; save it with
+    ``feature_loss.state_dict()`` if you need it.
+
+    Args:
+        student_layer: Name of the student's layer.
+        teacher_layer: Name of the teacher's layer.
+        kind: ``"hint"`` or ``"cosine"``.
+        weight: Weight of the term in the total loss, >= 0.
+        regressor: A module mapping the student feature to the teacher
+            feature's shape, or ``None`` (hint: created on the first batch;
+            cosine: none).
+        name: The term's name in the history (``"loss_" + name``); default ``kind``.
+
+    Raises:
+        TypeError: If a layer name or ``name`` is not a string, or
+            ``regressor`` is not an ``nn.Module``.
+        ValueError: For an empty layer name or ``name``, an unknown ``kind``, or
+            a negative or infinite ``weight``.
+
+    Example:
+        >>> hint = FeatureLoss("fc1", "fc2", weight=0.5)
+        >>> hint.kind, hint.weight, hint.regressor is None
+        ('hint', 0.5, True)
+        >>> hint.build(torch.zeros(2, 30), torch.zeros(2, 100))
+        Linear(in_features=30, out_features=100, bias=True)
+    """
+
+    def __init__(
+        self,
+        student_layer: str,
+        teacher_layer: str,
+        *,
+        kind: str = "hint",
+        weight: float = 1.0,
+        regressor: nn.Module | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        for label, value in (
+            ("student_layer", student_layer),
+            ("teacher_layer", teacher_layer),
+            ("name", kind if name is None else name),
+        ):
+            if not isinstance(value, str):
+                raise TypeError(f"{label} must be a str, got {type(value).__name__}")
+            if not value:
+                raise ValueError(
+                    f"{label} must be a non-empty string"
+                    + (" naming a layer (see model.named_modules())" if label != "name" else "")
+                )
+        if kind not in FEATURE_KINDS:
+            raise ValueError(f"kind must be one of {FEATURE_KINDS}, got {kind!r}")
+        self.weight = check_in_range("weight", weight, 0.0, float("inf"), high_inclusive=False)
+        if regressor is not None and not isinstance(regressor, nn.Module):
+            raise TypeError(
+                f"regressor must be a torch.nn.Module or None, got {type(regressor).__name__}"
+            )
+        self.student_layer, self.teacher_layer, self.kind = student_layer, teacher_layer, kind
+        self.name = kind if name is None else name
+        self.register_module("regressor", regressor)
+
+    def build(
+        self, student_feature: torch.Tensor, teacher_feature: torch.Tensor, *, seed: int = 0
+    ) -> nn.Module | None:
+        """Create the hint's regressor from a first batch of features, if there is none yet.
+
+        Args:
+            student_feature: A batch of the student layer's outputs.
+            teacher_feature: A batch of the teacher layer's outputs.
+            seed: Logical seed of the regressor's initialisation.
+
+        Returns:
+            The regressor (``None`` for a cosine term without one). Its
+            parameters must be optimised with the student's;
+            :func:`distill` adds them to its optimizer.
+
+        Raises:
+            TypeError, ValueError: As :func:`make_regressor`.
+        """
+        if self.regressor is None and self.kind == "hint":
+            self.regressor = make_regressor(student_feature, teacher_feature, seed=seed)
+        return self.regressor
+
+    def forward(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
+        if self.kind == "hint":
+            if self.regressor is None:
+                raise RuntimeError(
+                    "this hint has no regressor yet; call build(student_feature, "
+                    "teacher_feature) first and optimise its parameters with the student's "
+                    "(distill does both)"
+                )
+            return hint_loss(student_feature, teacher_feature, self.regressor)
+        if self.regressor is not None:
+            student_feature = self.regressor(student_feature)
+        return cosine_feature_loss(student_feature, teacher_feature)
+
+    def extra_repr(self) -> str:
+        text = (
+            f"kind={self.kind!r}, student_layer={self.student_layer!r}, "
+            f"teacher_layer={self.teacher_layer!r}, weight={self.weight}"
+        )
+        return text if self.name == self.kind else f"{text}, name={self.name!r}"
+
+
+def _named_layers(
+    model: nn.Module, names: Sequence[str], argument: str, label: str
+) -> dict[str, nn.Module]:
+    """``{name: module}`` for ``names``; a ValueError naming ``argument`` for one ``model`` lacks."""
+    modules = dict(model.named_modules())
+    found = {}
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"{argument} must hold layer names (str), got {type(name).__name__}")
+        if not name or name not in modules:
+            available = [key for key in modules if key]
+            shown = ", ".join(repr(key) for key in available[:20])
+            more = f", ... ({len(available)} in all)" if len(available) > 20 else ""
+            raise ValueError(
+                f"{argument} {name!r} is not a layer of the {label} ({type(model).__name__}); "
+                f"its layers (model.named_modules()) are: {shown or 'none'}{more}"
+            )
+        found[name] = modules[name]
+    return found
+
+
+@contextlib.contextmanager
+def capture_features(
+    model: nn.Module,
+    layers: Sequence[str],
+    *,
+    detach: bool = False,
+    label: str = "model",
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the outputs of ``model``'s named layers while the ``with`` block runs.
+
+    One forward hook per named layer stores its latest output in the yielded
+    dict (only those layers); every hook is removed when the block ends, also
+    when it raises, so the model is left as it was.
+
+    Args:
+        model: The network.
+        layers: Names from ``model.named_modules()``.
+        detach: Store detached outputs (for a frozen teacher); by default they
+            keep their graph, so a loss on them trains the layers below.
+        label: What to call the model in error messages (``"student"``, ``"teacher"``).
+
+    Yields:
+        ``{layer name: latest output}``, filled as the model runs.
+
+    Raises:
+        TypeError: If ``model`` is not an ``nn.Module``, a name is not a
+            string, or a named layer's output is not a tensor.
+        ValueError: If a name is not a layer of ``model`` (the message lists the layers).
+
+    Example:
+        >>> from companion.models import MLP
+        >>> model = MLP((4, 8, 3))
+        >>> with capture_features(model, ["fc1"]) as seen:
+        ...     _ = model(torch.zeros(2, 4))
+        >>> {name: tuple(out.shape) for name, out in seen.items()}
+        {'fc1': (2, 8)}
+        >>> [m for m in model.modules() if m._forward_hooks]  # hooks removed
+        []
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(layers, str):
+        layers = [layers]
+    modules = _named_layers(model, list(dict.fromkeys(layers)), "layer", label)
+    captured: dict[str, torch.Tensor] = {}
+
+    def recorder(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(
+                    f"layer {name!r} of the {label} returned a {type(output).__name__}, not a "
+                    "tensor; name a layer that returns one (e.g. a submodule of it)"
+                )
+            captured[name] = output.detach() if detach else output
+
+        return hook
+
+    handles = []
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(recorder(name)))
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _check_features(features: object) -> tuple[FeatureLoss, ...]:
+    if isinstance(features, FeatureLoss):
+        features = (features,)
+    if not isinstance(features, (list, tuple)):
+        raise TypeError(
+            f"features must be a list of FeatureLoss terms or None, got {type(features).__name__}"
+        )
+    for term in features:
+        if not isinstance(term, FeatureLoss):
+            raise TypeError(
+                "features must hold companion.distillation.FeatureLoss terms, got a "
+                f"{type(term).__name__}"
+            )
+    names = [term.name for term in features]
+    if "kd" in names:
+        raise ValueError("a FeatureLoss cannot be named 'kd': loss_kd is the distillation term")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(
+            f"features have the same name {duplicates[0]!r} twice; give each term its own "
+            "FeatureLoss(name=...) (it becomes the history key 'loss_<name>')"
+        )
+    if len({id(term) for term in features}) != len(features):
+        raise ValueError("features holds the same FeatureLoss object twice")
+    return tuple(features)
+
+
+def _train_default(argument: str) -> Any:
+    """The default of ``train``'s ``argument``: what ``train`` would build the optimizer with."""
+    return inspect.signature(train).parameters[argument].default
+
+
+def _add_parameters(optimizer: torch.optim.Optimizer, module: nn.Module | None) -> None:
+    """Add ``module``'s parameters that ``optimizer`` does not hold yet as a new param group."""
+    if module is None:
+        return
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    new = [p for p in module.parameters() if p.requires_grad and id(p) not in held]
+    if new:
+        optimizer.add_param_group({"params": new})
+
+
+def _distill_with_features(
+    student: nn.Module,
+    teacher: nn.Module,
+    dataset: Dataset | DataLoader,
+    epochs: int,
+    temperature: float,
+    alpha: float,
+    labels: bool,
+    teacher_output: Callable[[Any], torch.Tensor] | None,
+    terms: tuple[FeatureLoss, ...],
+    train_kwargs: dict[str, Any],
+) -> History:
+    """:func:`distill` with feature terms: the teacher runs on every batch, hooks read both models."""
+    if not isinstance(student, nn.Module):
+        raise TypeError(f"student must be a torch.nn.Module, got {type(student).__name__}")
+    student_device, teacher_device = _model_device(student), _model_device(teacher)
+    if None not in (student_device, teacher_device) and student_device != teacher_device:
+        raise ValueError(
+            f"teacher is on {teacher_device} but student is on {student_device}; "
+            "put both on the same device (teacher.to(device))"
+        )
+    student_layers = [term.student_layer for term in terms]
+    teacher_layers = [term.teacher_layer for term in terms]
+    _named_layers(student, student_layers, "student_layer", "student")
+    _named_layers(teacher, teacher_layers, "teacher_layer", "teacher")
+    seed = train_kwargs.get("seed", _train_default("seed"))
+    optimizer = train_kwargs.get("optimizer", _train_default("optimizer"))
+    if isinstance(optimizer, str):  # the optimizer train would build, built here to grow it
+        optimizer = make_optimizer(
+            student,
+            optimizer,
+            lr=train_kwargs.get("lr", _train_default("lr")),
+            momentum=train_kwargs.get("momentum", _train_default("momentum")),
+            weight_decay=train_kwargs.get("weight_decay", _train_default("weight_decay")),
+        )
+    elif not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be 'sgd', 'adam' or a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    for term in terms:  # regressors given, or trained by an earlier call
+        _add_parameters(optimizer, term.regressor)
+    user_epoch_end = train_kwargs.pop("on_epoch_end", None)
+    _check_callable("on_epoch_end", user_epoch_end)
+    keys = ["loss_kd"] + [f"loss_{term.name}" for term in terms]
+    sums = dict.fromkeys(keys, 0.0)
+    seen = [0]
+    means: History = {key: [] for key in keys}
+
+    with contextlib.ExitStack() as stack:
+        student_seen = stack.enter_context(
+            capture_features(student, student_layers, label="student")
+        )
+        teacher_seen = stack.enter_context(
+            capture_features(teacher, teacher_layers, detach=True, label="teacher")
+        )
+
+        def with_teacher(batch: tuple[Any, ...]) -> tuple[Any, ...]:
+            student_seen.clear()  # what the student's forward of this batch records, only
+            teacher_seen.clear()
+            with torch.no_grad():
+                logits = _model_output(teacher, batch[0], teacher_output, label="teacher")
+            return (batch[0], batch[1] if labels else logits.argmax(1), logits)
+
+        def loss_fn(logits: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            targets = batch[1] if labels else None
+            kd = kd_loss(logits, batch[2], targets, temperature=temperature, alpha=alpha)
+            size = len(batch[1])
+            total = kd
+            sums["loss_kd"] += kd.detach() * size
+            for term, key in zip(terms, keys[1:], strict=True):
+                for layer, seen_now, model in (
+                    (term.student_layer, student_seen, "student"),
+                    (term.teacher_layer, teacher_seen, "teacher"),
+                ):
+                    if layer not in seen_now:
+                        raise RuntimeError(
+                            f"layer {layer!r} of the {model} did not run in its forward pass; "
+                            "name a layer on the path from the input to the output"
+                        )
+                s, t = student_seen[term.student_layer], teacher_seen[term.teacher_layer]
+                if term.kind == "hint" and term.regressor is None:
+                    _add_parameters(optimizer, term.build(s, t, seed=seed))
+                value = term(s, t)
+                sums[key] += value.detach() * size
+                total = total + term.weight * value
+            seen[0] += size
+            return total
+
+        def on_epoch_end(epoch: int) -> None:
+            for key in keys:
+                means[key].append(float(sums[key]) / seen[0])
+                sums[key] = 0.0
+            seen[0] = 0
+            if user_epoch_end is not None:
+                user_epoch_end(epoch)
+
+        data = _MappedBatches(dataset, with_teacher, need_targets=labels, integer_targets=labels)
+        train_kwargs = {**train_kwargs, "optimizer": optimizer, "on_epoch_end": on_epoch_end}
+        was_training = teacher.training
+        teacher.eval()
+        try:
+            history = train(student, data, epochs=epochs, loss_fn=loss_fn, **train_kwargs)
+        finally:
+            teacher.train(was_training)
+    history.update(means)
+    return history
 
 
 # --------------------------------------------------------------------------- experiment protocols
@@ -928,3 +1533,215 @@ def omitted_class(
                 results.setdefault(f"{arm} {measure}", []).append(value)
         results["removed"].append(int((~keep).sum()))
     return results
+
+
+# --------------------------------------------------------------------------- forward and reverse KL
+
+#: The divergences :func:`fit_one_mode` minimises.
+DIVERGENCES = ("forward", "reverse")
+
+
+def _check_grid(grid: object) -> torch.Tensor:
+    if not isinstance(grid, torch.Tensor):
+        raise TypeError(f"grid must be a torch.Tensor, got {type(grid).__name__}")
+    if grid.dim() != 1 or len(grid) < 2:
+        raise ValueError(f"grid must be a 1-D tensor of at least 2 points, got {tuple(grid.shape)}")
+    if not grid.dtype.is_floating_point or not bool(torch.isfinite(grid).all()):
+        raise ValueError("grid must hold finite floating-point values")
+    if not bool((grid[1:] > grid[:-1]).all()):
+        raise ValueError("grid must be strictly increasing")
+    return grid
+
+
+def _grid_gaussian_log(
+    grid: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor
+) -> torch.Tensor:
+    """Log-probabilities of a Gaussian discretised on ``grid`` (normalised over the grid points)."""
+    return torch.log_softmax(-0.5 * ((grid - mean) / log_std.exp()) ** 2, dim=0)
+
+
+def mixture_probs(
+    grid: torch.Tensor,
+    means: Sequence[float],
+    stds: Sequence[float],
+    weights: Sequence[float] | None = None,
+) -> torch.Tensor:
+    r"""A mixture of Gaussians discretised on ``grid``: :math:`p_i \propto \sum_k w_k\,\mathcal{N}(x_i; \mu_k, \sigma_k^2)`.
+
+    Args:
+        grid: Strictly increasing 1-D points :math:`x_i`.
+        means: The components' means :math:`\mu_k`.
+        stds: Their standard deviations :math:`\sigma_k > 0`, one per mean.
+        weights: Their weights :math:`w_k > 0` (normalised here); default equal.
+
+    Returns:
+        Probabilities on ``grid`` (same dtype), summing to 1.
+
+    Raises:
+        TypeError: If ``grid`` is not a tensor.
+        ValueError: For a bad grid, no components, lists of different lengths,
+            or a non-positive standard deviation or weight.
+
+    Example:
+        >>> p = mixture_probs(torch.linspace(-3, 3, 7, dtype=torch.float64), [-2.0, 2.0], [0.5, 0.5])
+        >>> [round(v, 3) for v in p.tolist()]
+        [0.053, 0.393, 0.053, 0.0, 0.053, 0.393, 0.053]
+    """
+    grid = _check_grid(grid)
+    means, stds = list(means), list(stds)
+    weights = [1.0] * len(means) if weights is None else list(weights)
+    if not means or not (len(means) == len(stds) == len(weights)):
+        raise ValueError(
+            f"means, stds and weights must have the same non-zero length, got {len(means)}, "
+            f"{len(stds)} and {len(weights)}"
+        )
+    for std in stds:
+        check_in_range("stds", std, 0.0, float("inf"), low_inclusive=False, high_inclusive=False)
+    for weight in weights:
+        check_in_range(
+            "weights", weight, 0.0, float("inf"), low_inclusive=False, high_inclusive=False
+        )
+    total = sum(weights)
+    log_terms = torch.stack(
+        [
+            math.log(w / total) - math.log(s) - 0.5 * ((grid - m) / s) ** 2
+            for m, s, w in zip(means, stds, weights, strict=True)
+        ]
+    )
+    return torch.softmax(torch.logsumexp(log_terms, dim=0), dim=0)
+
+
+@dataclass(frozen=True)
+class OneModeFit:
+    """The result of :func:`fit_one_mode`.
+
+    Attributes:
+        divergence: ``"forward"`` or ``"reverse"``.
+        mean: The fitted student's :math:`\\mu`.
+        std: Its :math:`\\sigma`.
+        probs: Its probabilities on the grid.
+        loss: The divergence at the end.
+    """
+
+    divergence: str
+    mean: float
+    std: float
+    probs: torch.Tensor
+    loss: float
+
+
+def fit_one_mode(
+    teacher_probs: torch.Tensor,
+    grid: torch.Tensor,
+    *,
+    divergence: str = "forward",
+    steps: int = 300,
+    lr: float = 0.05,
+    init_mean: float = 0.0,
+    init_std: float = 1.0,
+) -> OneModeFit:
+    r"""Fit a one-mode student to a teacher distribution on a 1-D grid, by forward or reverse KL.
+
+    The student is a Gaussian discretised on ``grid``,
+    :math:`q_i \propto \exp(-(x_i - \mu)^2 / 2\sigma^2)`, with parameters
+    :math:`(\mu, \log\sigma)` fitted by Adam from ``(init_mean, init_std)``
+    to minimise
+
+    * ``"forward"``: :math:`\mathrm{KL}(p\,\|\,q) = \sum_i p_i \log(p_i / q_i)`,
+      the divergence of Hinton et al.'s loss (teacher first). It is infinite
+      wherever the student puts no mass on what the teacher can produce, so
+      a student that cannot fit every mode spreads over all of them
+      (mode-covering); its minimiser over Gaussians matches the teacher's mean
+      and variance.
+    * ``"reverse"``: :math:`\mathrm{KL}(q\,\|\,p) = \sum_i q_i \log(q_i / p_i)`,
+      which MiniLLM uses (Gu et al. 2024): it is large wherever the student
+      puts mass where the teacher has little, so the student settles on one
+      mode (mode-seeking).
+
+    Everything is computed in float64 on the CPU and is deterministic (no
+    random numbers). The reverse divergence has several local minima: which
+    mode the student ends on depends on where it starts (the one nearer
+    ``init_mean``, not necessarily the heavier one), and a wide start midway
+    between two equal modes can stay there as a wide compromise.
+
+    Args:
+        teacher_probs: :math:`p` on ``grid`` (non-negative, summing to 1; every
+            entry positive for ``"reverse"``).
+        grid: The strictly increasing points :math:`x_i`.
+        divergence: ``"forward"`` or ``"reverse"``.
+        steps: Adam steps, >= 1.
+        lr: Adam's learning rate, > 0.
+        init_mean: The starting :math:`\mu`.
+        init_std: The starting :math:`\sigma > 0`.
+
+    Returns:
+        A :class:`OneModeFit` with the fitted mean, standard deviation,
+        probabilities and final divergence.
+
+    Raises:
+        TypeError: If ``teacher_probs`` or ``grid`` is not a tensor.
+        ValueError: For an unknown ``divergence``, a bad grid, probabilities
+            that do not match the grid, are negative, do not sum to 1, or
+            (``"reverse"``) are zero somewhere, and out-of-range numbers.
+
+    Example:
+        >>> grid = torch.linspace(-6, 6, 241, dtype=torch.float64)
+        >>> p = mixture_probs(grid, [-2.0, 2.0], [0.5, 0.5], [0.7, 0.3])
+        >>> wide = fit_one_mode(p, grid, divergence="forward")
+        >>> narrow = fit_one_mode(p, grid, divergence="reverse")
+        >>> round(wide.std, 1), round(narrow.mean, 1), round(narrow.std, 1)
+        (1.9, -2.0, 0.5)
+    """
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    grid = _check_grid(grid).detach().to("cpu", torch.float64)
+    if not isinstance(teacher_probs, torch.Tensor):
+        raise TypeError(f"teacher_probs must be a torch.Tensor, got {type(teacher_probs).__name__}")
+    p = teacher_probs.detach().to("cpu", torch.float64)
+    if p.shape != grid.shape:
+        raise ValueError(
+            f"teacher_probs must have one entry per grid point, shape {tuple(grid.shape)}, "
+            f"got {tuple(p.shape)}"
+        )
+    if not bool(torch.isfinite(p).all()) or bool((p < 0).any()):
+        raise ValueError("teacher_probs must be finite and non-negative")
+    if abs(float(p.sum()) - 1.0) > 1e-6:
+        raise ValueError(f"teacher_probs must sum to 1, got {float(p.sum()):.6g}")
+    if divergence == "reverse" and bool((p == 0).any()):
+        raise ValueError(
+            "teacher_probs must be positive at every grid point for divergence='reverse': "
+            "KL(q || p) is infinite where p = 0 and the student puts mass"
+        )
+    steps = check_positive_int("steps", steps)
+    check_in_range("lr", lr, 0.0, float("inf"), low_inclusive=False, high_inclusive=False)
+    check_in_range(
+        "init_mean",
+        init_mean,
+        -float("inf"),
+        float("inf"),
+        low_inclusive=False,
+        high_inclusive=False,
+    )
+    check_in_range(
+        "init_std", init_std, 0.0, float("inf"), low_inclusive=False, high_inclusive=False
+    )
+    mean = torch.tensor(float(init_mean), dtype=torch.float64, requires_grad=True)
+    log_std = torch.tensor(math.log(init_std), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.Adam([mean, log_std], lr=lr)
+    log_p = p.log()  # -inf where p = 0: xlogy below gives those entries 0 (forward only)
+
+    def loss() -> torch.Tensor:
+        log_q = _grid_gaussian_log(grid, mean, log_std)
+        if divergence == "forward":
+            return (torch.xlogy(p, p) - p * log_q).sum()
+        return (log_q.exp() * (log_q - log_p)).sum()
+
+    for _ in range(steps):
+        optimizer.zero_grad()
+        value = loss()
+        value.backward()
+        optimizer.step()
+    with torch.no_grad():
+        final = loss().item()
+        probs = _grid_gaussian_log(grid, mean, log_std).exp()
+    return OneModeFit(divergence, mean.item(), log_std.exp().item(), probs, final)

@@ -225,3 +225,24 @@ def test_the_subset_path_with_a_teacher_returning_a_tuple(kd_setup):
         teacher_output=lambda out: out[0],
     )
     assert len(history["loss"]) == 1
+
+
+@pytest.mark.parametrize("features", [None, []])
+def test_logit_distillation_is_the_cached_kd_loss_through_train(kd_setup, features):
+    """Without feature terms distill is train with kd_loss on the cached teacher logits, bit for bit."""
+    teacher, data = kd_setup
+    args = dict(epochs=2, batch_size=32, lr=0.05, seed=1, progress=False)
+    torch.manual_seed(5)
+    student = MLP((8, 4, 2))
+    reference = MLP((8, 4, 2))
+    reference.load_state_dict(student.state_dict())
+    h = distill(student, teacher, data, temperature=3.0, alpha=0.7, features=features, **args)
+    cached = TensorDataset(*data.tensors, predict(teacher, data.tensors[0]))
+
+    def loss_fn(logits, batch):
+        return kd_loss(logits, batch[2], batch[1], temperature=3.0, alpha=0.7)
+
+    r = train(reference, cached, loss_fn=loss_fn, **args)
+    assert h["loss"] == r["loss"] and h["train_accuracy"] == r["train_accuracy"]
+    pairs = zip(student.parameters(), reference.parameters(), strict=True)
+    assert all(torch.equal(p, q) for p, q in pairs)
