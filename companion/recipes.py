@@ -8,7 +8,7 @@ by fine-tuning on labels or by distilling from the dense model. The pieces:
 * :func:`resnet18_28x28`: the torchvision model with a stem for 1x28x28 images;
 * :func:`block_channel_masks` and :func:`prune_block_channels`: masks on the
   first convolution of every residual block, with the BatchNorm that follows
-  zeroed in the same channels, so that each pruned channel outputs exactly zero
+  masked in the same channels, so that each pruned channel outputs exactly zero
   and :func:`companion.surgery.shrink` can delete it;
 * :func:`recovery_arms`: the two recovery pipelines over seeds, each with its
   learning rate chosen on the validation split;
@@ -159,14 +159,15 @@ def block_channel_masks(model: nn.Module, amount: float) -> dict[str, torch.Tens
     return {name: masks[name] for name in names}
 
 
-@torch.no_grad()
 def prune_block_channels(model: nn.Module, amount: float) -> nn.Module:
     r"""A copy of ``model`` with :func:`block_channel_masks` applied and the channels made dead.
 
     A masked filter outputs zero, but the BatchNorm after it turns that zero
     into its bias :math:`\beta` (minus the normalised running mean), and the
-    ReLU passes a constant on. Zeroing the BatchNorm's weight and bias in the
-    pruned channels makes each one output exactly zero, which is what
+    ReLU passes a constant on. The masks are therefore applied with
+    :func:`companion.masks.apply_masks` and ``structured=True``, which masks
+    the BatchNorm's weight and bias in the pruned channels too: each one
+    outputs exactly zero, in training and in eval mode, which is what
     :func:`companion.surgery.shrink` needs before it deletes a channel.
 
     Args:
@@ -174,8 +175,8 @@ def prune_block_channels(model: nn.Module, amount: float) -> nn.Module:
         amount: Fraction of each block's inner channels to prune, in ``[0, 1)``.
 
     Returns:
-        The masked copy (``torch.nn.utils.prune`` masks on the ``conv1`` layers,
-        zeros in their BatchNorms), in the same mode and on the same device.
+        The masked copy (``torch.nn.utils.prune`` masks on the ``conv1`` layers
+        and their BatchNorms), in the same mode and on the same device.
 
     Raises:
         ValueError, TypeError: As :func:`block_channel_masks`.
@@ -187,15 +188,7 @@ def prune_block_channels(model: nn.Module, amount: float) -> nn.Module:
         16
     """
     masks = block_channel_masks(model, amount)
-    pruned = clone_model(model)
-    apply_masks(pruned, masks)
-    blocks = residual_blocks(pruned)
-    for name, mask in masks.items():
-        dead = mask.flatten(1)[:, 0] == 0
-        norm = blocks[name.removesuffix(".conv1")].bn1
-        norm.weight[dead] = 0.0
-        norm.bias[dead] = 0.0
-    return pruned
+    return apply_masks(clone_model(model), masks, structured=True)
 
 
 @dataclass
