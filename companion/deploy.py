@@ -507,7 +507,8 @@ def run_onnx(
 
     Raises:
         TypeError: If ``inputs`` is not a tensor.
-        FileNotFoundError, ValueError: As :func:`onnx_session` for a path.
+        FileNotFoundError: If ``session`` is a path that does not exist.
+        ValueError: If ``session`` is a path to a file that is not an ONNX model.
     """
     x = _check_tensor("inputs", inputs).detach().cpu().float()
     batch_size = check_positive_int("batch_size", batch_size)
@@ -534,7 +535,8 @@ def evaluate_onnx(path: str | os.PathLike, dataset: TensorDataset, *, threads: i
 
     Raises:
         TypeError: If ``dataset`` is not a two-tensor ``TensorDataset``.
-        FileNotFoundError, ValueError: As :func:`onnx_session`.
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If the file is not an ONNX model.
     """
     if not isinstance(dataset, TensorDataset) or len(dataset.tensors) != 2:
         raise TypeError(
@@ -610,7 +612,8 @@ def onnx_latency(
         The median seconds per call.
 
     Raises:
-        TypeError, FileNotFoundError: As :func:`onnx_session`.
+        TypeError: If ``path`` is not a ``str`` or ``os.PathLike``.
+        FileNotFoundError: If ``path`` does not exist.
         ValueError: If a count is out of range, ``min_run_time <= 0``, or the
             file's input has an unknown non-batch dimension.
     """
