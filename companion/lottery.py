@@ -57,7 +57,6 @@ CRITERIA: tuple[str, ...] = (*SALIENCY_CRITERIA, "random")
 _CONTROL_SEED_OFFSET = 10_000
 
 Row = dict[str, object]
-TrainFn = Callable[[nn.Module, int], object]
 
 
 # --------------------------------------------------------------------------- validation
@@ -87,7 +86,7 @@ def _control_seed(seed: int, round_: int) -> int:
 
 def train_from_init(
     make_model: Callable[[], nn.Module],
-    train_fn: TrainFn,
+    train_fn: Callable[[nn.Module, int], object],
     *,
     seeds: Sequence[int],
     device: str | torch.device = "cpu",
@@ -286,7 +285,7 @@ def lottery_rounds(
     eval_set: TensorDataset,
     *,
     make_model: Callable[[], nn.Module],
-    train_fn: TrainFn,
+    train_fn: Callable[[nn.Module, int], object],
     rounds: int,
     rate: float,
     output_rate: float | None = None,
@@ -373,7 +372,7 @@ def nm_vs_unstructured(
     seeds: Sequence[int],
     eval_set: TensorDataset,
     *,
-    finetune_fn: TrainFn,
+    finetune_fn: Callable[[nn.Module, int], object],
     n: int = 2,
     m: int = 4,
 ) -> list[Row]:
