@@ -326,8 +326,9 @@ def distill(
         teacher_output: ``teacher_output(teacher_output_value)`` picks the
             logits from a teacher that returns a tuple or a dict (the
             student's counterpart is ``output``, passed on to ``train``).
-        features: :class:`FeatureLoss` terms (or one term); ``None`` or empty
-            for logit distillation alone, exactly as before.
+        features: :class:`FeatureLoss` terms (a list, a tuple, a
+            :class:`torch.nn.ModuleList` or one term); ``None`` or empty for
+            logit distillation alone, exactly as before.
         **train_kwargs: Passed to :func:`companion.training.train` (``lr``,
             ``batch_size``, ``momentum``, ``optimizer``, ``seed``,
             ``eval_set``, ``on_step``, ``output``, ``progress``, ...).
@@ -925,6 +926,8 @@ def capture_features(
 def _check_features(features: object) -> tuple[FeatureLoss, ...]:
     if isinstance(features, FeatureLoss):
         features = (features,)
+    if isinstance(features, nn.ModuleList):
+        features = tuple(features)
     if not isinstance(features, (list, tuple)):
         raise TypeError(
             f"features must be a list of FeatureLoss terms or None, got {type(features).__name__}"

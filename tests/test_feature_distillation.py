@@ -226,6 +226,12 @@ def test_an_optimizer_instance_gains_the_regressor_as_a_group_under_the_schedule
     assert [group["lr"] for group in optimizer.param_groups] == [0.0, 0.0]  # the schedule's end
 
 
+def test_features_may_be_one_term_or_a_module_list():
+    terms = nn.ModuleList([FeatureLoss("fc1", "0"), FeatureLoss("fc2", "4", kind="cosine")])
+    assert {"loss_hint", "loss_cosine"} <= set(_run(terms))
+    assert "loss_hint" in _run(FeatureLoss("fc1", "0"))
+
+
 def test_a_given_regressor_is_used_and_optimised():
     regressor = nn.Linear(8, 16)
     start = regressor.weight.clone()
