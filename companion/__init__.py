@@ -34,6 +34,7 @@ _SUBMODULES = (
     "models",
     "penalties",
     "pruning",
+    "recipes",
     "report",
     "saliency",
     "soft",
