@@ -567,7 +567,7 @@ def apply_masks(
     With ``structured=True`` a unit (output row or filter) whose weights are
     all masked is killed completely: its bias is masked too, and so are the
     weight and bias of a BatchNorm that normalises that channel
-    (:func:`batchnorm_after`; for a BatchNorm without affine parameters its
+    (:func:`~companion.masks.batchnorm_after`; for a BatchNorm without affine parameters its
     running mean is set to zero there). The unit then outputs exactly zero in
     training and in eval mode, so removing it changes nothing; without this a
     zero filter followed by a BatchNorm still outputs the BatchNorm's bias,

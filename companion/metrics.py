@@ -102,8 +102,9 @@ def weight_stats(model: nn.Module, small: float = 1e-3) -> dict[str, float]:
         small: Magnitude below which a weight counts as near zero, > 0.
 
     Returns:
-        ``{"exact_zeros": fraction == 0, "near_zero": fraction with |w| < small,
-        "mean_abs_w": mean |w|}``.
+        A dict with ``"exact_zeros"`` (the fraction of weights equal to 0),
+        ``"near_zero"`` (the fraction whose magnitude is below ``small``) and
+        ``"mean_abs_w"`` (the mean magnitude).
 
     Raises:
         ValueError: If the model has no Linear or Conv layer or ``small`` <= 0.

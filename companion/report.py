@@ -108,10 +108,10 @@ def compare_models(
         example_input: A batch of real inputs instead of ``input_shape``.
         measure_latency: Skip the (slowest) latency column when false.
         min_run_time: Seconds of latency measurement per model, spread over
-            interleaved rounds (see :func:`latencies`); raise it for steadier
+            interleaved rounds (see :func:`~companion.speed.latencies`); raise it for steadier
             medians.
         latency_device: Where to time the models (see ``device`` in
-            :func:`latencies`); accuracy is always measured where the models are.
+            :func:`~companion.speed.latencies`); accuracy is always measured where the models are.
 
     Returns:
         A :class:`Table` with columns ``model``, ``accuracy``, ``errors``

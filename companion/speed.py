@@ -332,7 +332,7 @@ def latency_by_batch(
         device: Where to time the models (see :func:`latencies`).
 
     Returns:
-        A :class:`Table` with columns ``batch``, ``<label>_ms`` per model and
+        A :class:`~companion.table.Table` with columns ``batch``, ``<label>_ms`` per model and
         ``speedup``.
 
     Raises:
