@@ -51,6 +51,18 @@ Row = dict[str, object]
 # --------------------------------------------------------------------------- validation
 
 
+def _seeded_model(
+    make_model: Callable[[], nn.Module], seed: int, device: torch.device | str
+) -> nn.Module:
+    """``make_model()`` built right after ``seed_everything(seed)`` (so seed ``s`` always gives the
+    same initial weights), checked to be a module and moved to ``device``."""
+    seed_everything(seed)
+    model = make_model()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"make_model must return an nn.Module, got {type(model).__name__}")
+    return model.to(device)
+
+
 def _check_seeds(seeds: Sequence[int]) -> list[int]:
     seeds = list(seeds)
     if len(seeds) < 1:
@@ -138,11 +150,7 @@ def train_references(
     device = train_set.tensors[0].device
     models = []
     for s in seeds:
-        seed_everything(s)
-        model = make_model()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"make_model must return an nn.Module, got {type(model).__name__}")
-        model = model.to(device)
+        model = _seeded_model(make_model, s, device)
         train(
             model,
             train_set,

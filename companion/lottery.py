@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .experiments import _check_amounts, _check_references, _check_seeds
+from .experiments import _check_amounts, _check_references, _check_seeds, _seeded_model
 from .masks import apply_masks, output_layers, prunable_layers
 from .metrics import layer_sparsity, sparsity
 from .pruning import magnitude_masks, masks_from_scores, random_masks
@@ -124,11 +124,7 @@ def train_from_init(
     seeds = _check_seeds(seeds)
     initial, trained = [], []
     for s in seeds:
-        seed_everything(s)
-        model = make_model()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"make_model must return an nn.Module, got {type(model).__name__}")
-        model = model.to(device)
+        model = _seeded_model(make_model, s, device)
         initial.append(clone_model(model))
         train_fn(model, s)
         trained.append(model)
