@@ -56,3 +56,17 @@ def test_matplotlib_is_a_book_dependency_only(wheel):
     assert matplotlib and all('extra == "book"' in r for r in matplotlib), matplotlib
     sources = [wheel.read(n).decode() for n in wheel.namelist() if n.endswith(".py")]
     assert sources and not any("import matplotlib" in s for s in sources)
+
+
+@pytest.mark.parametrize("category", [DeprecationWarning, FutureWarning])
+def test_a_deprecation_warning_attributed_to_the_package_fails_the_tests(category):
+    """pyproject's filterwarnings: the package's own calls must not use deprecated APIs (a warning
+    whose stack level points into a companion module is an error), others' warnings stay warnings."""
+    import warnings
+
+    with pytest.raises(category):
+        warnings.warn_explicit(
+            "old API", category, "companion/x.py", 1, module="companion.training"
+        )
+    with warnings.catch_warnings(record=True):
+        warnings.warn_explicit("old API", category, "elsewhere.py", 1, module="elsewhere")
