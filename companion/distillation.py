@@ -292,9 +292,12 @@ def distill(
     hint or cosine loss of term :math:`j`, of weight :math:`w_j`. Forward
     hooks (:func:`capture_features`) on the named layers read both models'
     outputs during the call and are removed afterwards, also on an error.
-    Cached logits cannot provide the teacher's hidden layers, so with
-    ``features`` the teacher runs on every batch whatever ``cache_teacher``
-    says, and ``teacher_logits`` is an error. A hint's regressor is created
+    With a ``TensorDataset`` and ``cache_teacher=True`` the teacher runs once
+    over the whole data set, as for the logits, and its named layers' outputs
+    are stored beside the logits (memory: one row of each feature per
+    example; ``cache_teacher=False`` runs the teacher on every batch instead,
+    as it always does for other data sets). ``teacher_logits`` hold no hidden
+    layers, so combining them with ``features`` is an error. A hint's regressor is created
     from the first batch's shapes (:func:`make_regressor`, seeded with
     ``seed``) unless the term has one, and its parameters join the optimizer
     as a new parameter group (``Optimizer.add_param_group``, with the
@@ -392,8 +395,8 @@ def distill(
     if terms:
         if teacher_logits is not None:
             raise ValueError(
-                "teacher_logits cannot be combined with features: cached logits hold no hidden "
-                "layers, so with features the teacher runs on every batch; pass the teacher"
+                "teacher_logits cannot be combined with features: precomputed logits hold no "
+                "hidden layers; pass the teacher (distill caches its logits and features itself)"
             )
         return _distill_with_features(
             student,
@@ -406,6 +409,7 @@ def distill(
             teacher_output,
             terms,
             train_kwargs,
+            cache_teacher,
         )
     if not isinstance(dataset, TensorDataset):
         if teacher_logits is not None:
@@ -967,6 +971,55 @@ def _add_parameters(optimizer: torch.optim.Optimizer, module: nn.Module | None) 
         optimizer.add_param_group({"params": new})
 
 
+def _cache_teacher_features(
+    teacher: nn.Module,
+    dataset: TensorDataset,
+    layers: list[str],
+    labels: bool,
+    teacher_output: Callable[[Any], torch.Tensor] | None,
+    chunk: int = 4096,
+) -> TensorDataset:
+    """``(inputs, targets, teacher logits, feature of layers[0], ...)``: the teacher run once.
+
+    The teacher is in eval mode under ``no_grad`` (deterministic), so its outputs for an
+    example are the same every epoch and can be computed once, in chunks of ``chunk``.
+    """
+    inputs = dataset.tensors[0]
+    teacher_device = _model_device(teacher)
+    if teacher_device is not None and teacher_device != inputs.device:
+        raise ValueError(
+            f"teacher is on {teacher_device} but dataset is on {inputs.device}; put both "
+            "on the same device (teacher.to(device))"
+        )
+    logits, features = [], {name: [] for name in layers}
+    with (
+        torch.no_grad(),
+        capture_features(teacher, layers, detach=True, label="teacher") as seen,
+    ):
+        for start in range(0, len(inputs), chunk):
+            seen.clear()
+            part = inputs[start : start + chunk]
+            logits.append(_model_output(teacher, part, teacher_output, label="teacher"))
+            for name in layers:
+                if name not in seen:
+                    raise RuntimeError(
+                        f"layer {name!r} of the teacher did not run in its forward pass; "
+                        "name a layer on the path from the input to the output"
+                    )
+                if seen[name].dim() == 0 or len(seen[name]) != len(part):
+                    raise ValueError(
+                        f"layer {name!r} of the teacher returned shape {tuple(seen[name].shape)} "
+                        f"for {len(part)} examples: its first dimension is not the batch, so it "
+                        "cannot be cached per example; pass cache_teacher=False"
+                    )
+                features[name].append(seen[name])
+    teacher_logits = torch.cat(logits)
+    targets = dataset.tensors[1] if labels else teacher_logits.argmax(1)
+    return TensorDataset(
+        inputs, targets, teacher_logits, *(torch.cat(features[name]) for name in layers)
+    )
+
+
 def _distill_with_features(
     student: nn.Module,
     teacher: nn.Module,
@@ -978,8 +1031,10 @@ def _distill_with_features(
     teacher_output: Callable[[Any], torch.Tensor] | None,
     terms: tuple[FeatureLoss, ...],
     train_kwargs: dict[str, Any],
+    cache_teacher: bool = True,
 ) -> History:
-    """:func:`distill` with feature terms: the teacher runs on every batch, hooks read both models."""
+    """:func:`distill` with feature terms: hooks read the student's layers on every batch, and the
+    teacher's once (a ``TensorDataset`` with ``cache_teacher``) or on every batch (otherwise)."""
     if not isinstance(student, nn.Module):
         raise TypeError(f"student must be a torch.nn.Module, got {type(student).__name__}")
     student_device, teacher_device = _model_device(student), _model_device(teacher)
@@ -1015,12 +1070,28 @@ def _distill_with_features(
     seen = [0]
     means: History = {key: [] for key in keys}
 
+    cached = cache_teacher and isinstance(dataset, TensorDataset)
+    unique_teacher_layers = list(dict.fromkeys(teacher_layers))
+    # In the cached data set, the feature of teacher layer name sits at column cached_at[name].
+    cached_at = {name: 3 + i for i, name in enumerate(unique_teacher_layers)}
+    was_training = teacher.training
     with contextlib.ExitStack() as stack:
+        stack.callback(teacher.train, was_training)
+        teacher.eval()
+        if cached:
+            assert isinstance(dataset, TensorDataset)
+            cached_data = _cache_teacher_features(
+                teacher, dataset, unique_teacher_layers, labels, teacher_output
+            )
         student_seen = stack.enter_context(
             capture_features(student, student_layers, label="student")
         )
-        teacher_seen = stack.enter_context(
-            capture_features(teacher, teacher_layers, detach=True, label="teacher")
+        teacher_seen: dict[str, torch.Tensor] = (
+            {}
+            if cached
+            else stack.enter_context(
+                capture_features(teacher, teacher_layers, detach=True, label="teacher")
+            )
         )
 
         def with_teacher(batch: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -1039,14 +1110,19 @@ def _distill_with_features(
             for term, key in zip(terms, keys[1:], strict=True):
                 for layer, seen_now, model in (
                     (term.student_layer, student_seen, "student"),
-                    (term.teacher_layer, teacher_seen, "teacher"),
+                    (term.teacher_layer, {} if cached else teacher_seen, "teacher"),
                 ):
-                    if layer not in seen_now:
+                    if layer not in seen_now and not (cached and model == "teacher"):
                         raise RuntimeError(
                             f"layer {layer!r} of the {model} did not run in its forward pass; "
                             "name a layer on the path from the input to the output"
                         )
-                s, t = student_seen[term.student_layer], teacher_seen[term.teacher_layer]
+                s = student_seen[term.student_layer]
+                t = (
+                    batch[cached_at[term.teacher_layer]]
+                    if cached
+                    else teacher_seen[term.teacher_layer]
+                )
                 if term.kind == "hint" and term.regressor is None:
                     _add_parameters(optimizer, term.build(s, t, seed=seed))
                 value = term(s, t)
@@ -1063,14 +1139,19 @@ def _distill_with_features(
             if user_epoch_end is not None:
                 user_epoch_end(epoch)
 
-        data = _MappedBatches(dataset, with_teacher, need_targets=labels, integer_targets=labels)
+        if cached:
+
+            def clear_student(module: nn.Module, inputs: Any) -> None:
+                student_seen.clear()  # what the student's forward of this batch records, only
+
+            stack.enter_context(student.register_forward_pre_hook(clear_student))
+            data: Any = cached_data
+        else:
+            data = _MappedBatches(
+                dataset, with_teacher, need_targets=labels, integer_targets=labels
+            )
         train_kwargs = {**train_kwargs, "optimizer": optimizer, "on_epoch_end": on_epoch_end}
-        was_training = teacher.training
-        teacher.eval()
-        try:
-            history = train(student, data, epochs=epochs, loss_fn=loss_fn, **train_kwargs)
-        finally:
-            teacher.train(was_training)
+        history = train(student, data, epochs=epochs, loss_fn=loss_fn, **train_kwargs)
     history.update(means)
     return history
 
@@ -1170,15 +1251,21 @@ def fit(
     teacher_logits: torch.Tensor | None = None,
     labels: bool = True,
     epochs: int | None = None,
+    teacher: nn.Module | None = None,
+    features: Sequence[FeatureLoss] | None = None,
 ) -> History:
     """Train ``student`` (or a teacher) alone or distilled, with :func:`cosine_sgd`.
 
     Without ``teacher_logits`` the loss is the cross-entropy with
     ``recipe.label_smoothing``; with them it is :func:`kd_loss` with
     ``recipe.temperature`` and ``recipe.alpha`` (only its soft term when
-    ``labels=False``). Everything else (optimizer, schedule, batch size, data
-    order from ``seed``) is the same, so two arms that start from the same
-    weights differ only in their loss.
+    ``labels=False``). With ``features`` (and the ``teacher`` instead of its
+    logits) the feature terms are added as in :func:`distill`; with
+    ``recipe.alpha = 0`` the loss is then the plain cross-entropy plus the
+    feature terms, the form of PyTorch's distillation tutorial. Everything
+    else (optimizer, schedule, batch size, data order from ``seed``) is the
+    same, so two arms that start from the same weights differ only in their
+    loss (and a hint's regressor, whose parameters join the schedule).
 
     Args:
         student: The network, trained in place.
@@ -1189,15 +1276,19 @@ def fit(
         labels: Whether the distilled student also sees the labels.
         epochs: Overrides ``recipe.epochs`` (e.g. the same number of steps on a
             larger transfer set).
+        teacher: The teacher itself, needed with ``features`` (its logits and
+            named layers are computed once, see :func:`distill`).
+        features: :class:`FeatureLoss` terms, or ``None``.
 
     Returns:
         The training history.
 
     Raises:
         TypeError: If ``recipe`` is not a :class:`Recipe`.
-        ValueError: If ``labels=False`` without ``teacher_logits`` (a student
-            alone needs labels), and whatever :func:`distill` and
-            :func:`companion.training.train` reject.
+        ValueError: If ``labels=False`` without a teacher (a student alone
+            needs labels), ``features`` without ``teacher``, ``teacher``
+            without ``features`` (pass its logits) or with ``teacher_logits``,
+            and whatever :func:`distill` and :func:`companion.training.train` reject.
 
     Example:
         >>> from companion.models import MLP
@@ -1210,7 +1301,14 @@ def fit(
         raise TypeError(
             f"recipe must be a companion.distillation.Recipe, got {type(recipe).__name__}"
         )
-    if not labels and teacher_logits is None:
+    if features is not None and teacher is None:
+        raise ValueError("features need the teacher itself: pass teacher=")
+    if teacher is not None and (features is None or teacher_logits is not None):
+        raise ValueError(
+            "teacher is for feature distillation: pass features=, and not teacher_logits "
+            "(for logit distillation alone, pass teacher_logits and no teacher)"
+        )
+    if not labels and teacher_logits is None and teacher is None:
         raise ValueError("labels=False needs teacher_logits: a student trained alone needs labels")
     epochs = recipe.epochs if epochs is None else check_positive_int("epochs", epochs)
     steps = epochs * math.ceil(len(dataset) / recipe.batch_size)
@@ -1225,6 +1323,17 @@ def fit(
         seed=seed,
         progress=False,
     )
+    if teacher is not None:
+        return distill(
+            student,
+            teacher,
+            dataset,
+            features=features,
+            labels=labels,
+            temperature=recipe.temperature,
+            alpha=recipe.alpha,
+            **common,
+        )
     if teacher_logits is None:
         smoothing = recipe.label_smoothing
 

@@ -97,8 +97,18 @@ def test_distill_hooks_both_models_only_during_the_call_also_on_errors():
     def on_step(step):
         seen_hooks.append((sorted(_hooks(student)), sorted(_hooks(teacher))))
 
-    _run([FeatureLoss("fc1", "2")], student=student, teacher=teacher, on_step=on_step)
+    _run(
+        [FeatureLoss("fc1", "2")],
+        student=student,
+        teacher=teacher,
+        on_step=on_step,
+        cache_teacher=False,
+    )
     assert seen_hooks[0] == (["fc1"], ["2"])
+    assert _hooks(student) == [] and _hooks(teacher) == []
+    seen_hooks.clear()  # cached: the teacher ran once before training, and has no hook now
+    _run([FeatureLoss("fc1", "2")], student=student, teacher=teacher, on_step=on_step)
+    assert seen_hooks[0] == (["", "fc1"], [])  # "": the pre-hook that clears the record
     assert _hooks(student) == [] and _hooks(teacher) == []
 
     def fail(step):
@@ -273,6 +283,48 @@ def test_weight_zero_trains_the_student_as_logit_distillation_does():
     for p, q in zip(plain.parameters(), featured.parameters(), strict=True):
         torch.testing.assert_close(p, q)
     assert history["loss_hint"][0] > 0  # measured, though it weighs nothing
+
+
+def _counting(model):
+    calls = []
+    model.register_forward_pre_hook(lambda module, inputs: calls.append(len(inputs[0])))
+    return calls
+
+
+@pytest.mark.parametrize("labels", [True, False])
+def test_cached_teacher_features_give_the_per_batch_result_with_one_teacher_pass(labels):
+    terms = lambda: [  # noqa: E731 - a fresh pair of terms (and regressors) per run
+        FeatureLoss("fc1", "0", weight=0.5),
+        FeatureLoss("fc2", "4", kind="cosine", weight=2.0),
+    ]
+    runs = {}
+    for cache in (True, False):
+        student, teacher = _student(), _teacher()
+        calls = _counting(teacher)
+        history = _run(
+            terms(), student=student, teacher=teacher, cache_teacher=cache, labels=labels, epochs=3
+        )
+        history.pop("seconds")
+        runs[cache] = (history, student, calls)
+    (cached, s1, calls1), (batchwise, s2, calls2) = runs[True], runs[False]
+    assert calls1 == [48]  # the whole data set in one chunk, once
+    assert len(calls2) == 3 * 3  # 48 examples in batches of 16, three epochs
+    assert cached.keys() == batchwise.keys()
+    for key in cached:
+        assert cached[key] == pytest.approx(batchwise[key], rel=1e-5, abs=1e-7), key
+    for p, q in zip(s1.parameters(), s2.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+
+
+def test_caching_a_layer_whose_output_is_not_batch_first_is_a_clear_error():
+    class Transposing(nn.Module):
+        def forward(self, x):
+            return x.t()
+
+    teacher = nn.Sequential(nn.Linear(6, 5), Transposing(), Transposing(), nn.Linear(5, 3))
+    with pytest.raises(ValueError, match=r"layer '1' of the teacher .* pass cache_teacher=False"):
+        _run([FeatureLoss("fc1", "1")], teacher=teacher)
+    assert _hooks(teacher) == []
 
 
 @pytest.mark.parametrize("empty", [None, []])
