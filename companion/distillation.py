@@ -1323,29 +1323,19 @@ def fit(
         seed=seed,
         progress=False,
     )
-    if teacher is not None:
-        return distill(
-            student,
-            teacher,
-            dataset,
-            features=features,
-            labels=labels,
-            temperature=recipe.temperature,
-            alpha=recipe.alpha,
-            **common,
-        )
-    if teacher_logits is None:
+    if teacher is None and teacher_logits is None:
         smoothing = recipe.label_smoothing
 
         def smoothed(logits: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
             return F.cross_entropy(logits, batch[1], label_smoothing=smoothing)
 
         return train(student, dataset, loss_fn=smoothed if smoothing else None, **common)
-    return distill(
+    return distill(  # from precomputed logits, or from the teacher itself with feature terms
         student,
-        None,
+        teacher,
         dataset,
         teacher_logits=teacher_logits,
+        features=features,
         labels=labels,
         temperature=recipe.temperature,
         alpha=recipe.alpha,
