@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .distillation import FeatureLoss, Recipe, fit, make_regressor
+from .distillation import FeatureLoss, Recipe, capture_features, fit, make_regressor
 from .models import MLP
 from .training import evaluate, predict
 from .utils import check_in_range, check_positive_int, seed_everything
@@ -213,8 +213,6 @@ def train_arm(
 
 def _layer_output(model: nn.Module, layer: str, inputs: torch.Tensor) -> torch.Tensor:
     """The output of ``model``'s ``layer`` for ``inputs`` (eval mode, mode restored)."""
-    from .distillation import capture_features
-
     was_training = model.training
     model.eval()
     try:
